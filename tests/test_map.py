@@ -1,0 +1,308 @@
+"""ua.map: equality with the builtin map, laziness and buffersize, ordering,
+chunksize, timeout, progress, early exit, errors and argument validation."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+
+import pytest
+
+import unidist_api as ua
+
+
+# --------------------------------------------------------------------------- tasks
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def add3(a, b, c):
+    return a + b + c
+
+
+def sleepy(x, delay):
+    time.sleep(delay)
+    return x
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x * 10
+
+
+# A generous cap: a `map` that tries to drain an endless iterable hits it and
+# fails instead of hanging forever.
+PULL_LIMIT = 100_000
+
+
+class CountingSource:
+    """An endless iterator that records how many items were pulled from it."""
+
+    def __init__(self):
+        self.pulled = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pulled >= PULL_LIMIT:
+            raise RuntimeError("map consumed far too much of an endless input")
+        self.pulled += 1
+        return self.pulled - 1
+
+
+# --------------------------------------------------------------------------- basics
+@pytest.mark.parametrize("n", [0, 1, 7, 50])
+def test_map_equals_builtin_map(ua_backend, n):
+    assert list(ua.map(square, range(n))) == list(map(square, range(n)))
+
+
+def test_map_returns_iterator(ua_backend):
+    it = ua.map(square, [1, 2, 3])
+    assert iter(it) is it
+    assert next(it) == 1
+    assert list(it) == [4, 9]
+
+
+def test_map_many_tiny_items(ua_backend):
+    data = list(range(500))
+    assert list(ua.map(square, data)) == list(map(square, data))
+
+
+def test_map_generator_input(ua_backend):
+    gen = (i * 3 for i in range(20))
+    assert list(ua.map(square, gen)) == [square(i * 3) for i in range(20)]
+
+
+def test_map_several_iterables(ua_backend):
+    a, b, c = range(10), range(100, 110), range(5, 15)
+    assert list(ua.map(add3, a, b, c)) == list(map(add3, a, b, c))
+
+
+def test_map_several_iterables_stop_at_shortest(ua_backend):
+    assert list(ua.map(add, range(10), range(3))) == list(map(add, range(10), range(3)))
+    assert list(ua.map(add, "abc", "xy")) == list(map(add, "abc", "xy"))
+
+
+def test_map_shortest_with_endless_iterable(ua_backend):
+    src = CountingSource()
+    assert list(ua.map(add, range(5), src)) == list(map(add, range(5), range(5)))
+
+
+def test_map_builtin_function(ua_backend):
+    assert list(ua.map(pow, [2, 3, 4], [5, 2, 1])) == list(map(pow, [2, 3, 4], [5, 2, 1]))
+
+
+def test_map_lambda(ua_backend):
+    assert list(ua.map(lambda x: x - 1, range(10))) == [x - 1 for x in range(10)]
+
+
+def test_map_closure(ua_backend):
+    k = 7
+
+    def f(x):
+        return x * k
+
+    assert list(ua.map(f, range(10))) == list(map(f, range(10)))
+
+
+def test_executor_map_method(ua_backend):
+    assert list(ua_backend.map(square, range(12))) == list(map(square, range(12)))
+
+
+def test_map_futures_as_items(ua_backend):
+    futs = [ua.submit(square, i) for i in range(4)]
+    assert list(ua.map(add, futs, [1, 1, 1, 1])) == [square(i) + 1 for i in range(4)]
+
+
+def test_map_put_handle_as_item(ua_backend):
+    h = ua.put([5, 6, 7])
+    assert list(ua.map(sum, [h, h])) == [18, 18]
+
+
+# --------------------------------------------------------------------------- laziness / buffersize
+@pytest.mark.parametrize("buffersize", [1, 4])
+def test_map_lazy_with_buffersize(ua_backend, buffersize):
+    src = CountingSource()
+    it = ua.map(square, src, buffersize=buffersize)
+    assert src.pulled <= buffersize
+    got = []
+    for k in range(1, 6):
+        got.append(next(it))
+        assert src.pulled <= k + buffersize, (k, src.pulled)
+    assert got == [square(i) for i in range(5)]
+    del it
+
+
+def test_map_endless_input_default_buffersize(ua_backend):
+    src = CountingSource()
+    it = ua.map(square, src)
+    got = [next(it) for _ in range(3)]
+    assert got == [0, 1, 4]
+    assert src.pulled < PULL_LIMIT
+    del it
+
+
+def test_map_endless_itertools_count(ua_backend):
+    it = ua.map(square, itertools.count())
+    assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+    del it
+
+
+def test_map_finite_input_larger_than_buffer(ua_backend):
+    assert list(ua.map(square, range(30), buffersize=2)) == list(map(square, range(30)))
+
+
+def test_map_endless_unordered_with_buffersize(ua_backend):
+    src = CountingSource()
+    it = ua.map(square, src, buffersize=3, ordered=False)
+    got = [next(it) for _ in range(4)]
+    assert src.pulled <= 4 + 3
+    assert len(set(got)) == 4
+    assert all(g in {square(i) for i in range(src.pulled)} for g in got)
+    del it
+
+
+# --------------------------------------------------------------------------- ordering / chunks
+def test_map_unordered_same_multiset(ua_backend):
+    data = [3, 1, 3, 2, 0, 5, 1, 4, 4, 9]
+    got = list(ua.map(square, data, ordered=False))
+    assert collections.Counter(got) == collections.Counter(map(square, data))
+
+
+def test_map_unordered_with_varying_durations(ua_backend):
+    delays = [0.15, 0.0, 0.05, 0.0, 0.1]
+    got = list(ua.map(sleepy, range(5), delays, ordered=False))
+    assert sorted(got) == list(range(5))
+
+
+def test_map_ordered_with_varying_durations(ua_backend):
+    delays = [0.15, 0.0, 0.05, 0.0, 0.1]
+    assert list(ua.map(sleepy, range(5), delays)) == list(range(5))
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 7, 100])
+def test_map_chunksize_same_results(ua_backend, chunksize):
+    data = range(40)
+    assert list(ua.map(square, data, chunksize=chunksize)) == list(map(square, data))
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_chunksize_unordered(ua_backend, chunksize):
+    data = list(range(25))
+    got = list(ua.map(square, data, chunksize=chunksize, ordered=False))
+    assert sorted(got) == sorted(map(square, data))
+
+
+def test_map_chunksize_and_buffersize(ua_backend):
+    data = range(33)
+    assert list(ua.map(square, data, chunksize=4, buffersize=8)) == list(map(square, data))
+
+
+# --------------------------------------------------------------------------- timeout / progress
+def test_map_timeout_raises_builtin_timeout_error(ua_backend):
+    it = ua.map(sleepy, ["late"], [2.0], timeout=0.2)
+    with pytest.raises(TimeoutError):
+        next(it)
+
+
+def test_map_generous_timeout_gives_results(ua_backend):
+    assert list(ua.map(square, range(6), timeout=60)) == list(map(square, range(6)))
+
+
+def test_map_progress(ua_backend):
+    data = range(15)
+    assert list(ua.map(square, data, progress=True)) == list(map(square, data))
+
+
+def test_map_progress_unordered(ua_backend):
+    data = range(15)
+    got = list(ua.map(square, data, progress=True, ordered=False))
+    assert sorted(got) == sorted(map(square, data))
+
+
+# --------------------------------------------------------------------------- early exit
+def test_map_early_break_leaves_executor_usable(ua_backend):
+    got = []
+    for i, v in enumerate(ua.map(square, range(200))):
+        got.append(v)
+        if i == 2:
+            break
+    assert got == [0, 1, 4]
+    assert list(ua.map(square, range(10))) == list(map(square, range(10)))
+    assert ua.submit(square, 12).result() == 144
+
+
+def test_map_abandoned_endless_iterator_leaves_executor_usable(ua_backend):
+    it = ua.map(square, CountingSource(), buffersize=2)
+    assert next(it) == 0
+    del it
+    assert list(ua.map(add, range(3), range(3))) == [0, 2, 4]
+
+
+# --------------------------------------------------------------------------- errors
+def test_map_task_exception_original_type_and_message(ua_backend):
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(ua.map(fail_on_three, range(6)))
+
+
+def test_map_exception_after_earlier_results(ua_backend):
+    got = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for v in ua.map(fail_on_three, range(6), chunksize=1):
+            got.append(v)  # noqa: PERF402 - keep what came before the error
+    assert got == [0, 10, 20]
+
+
+def test_map_exception_with_auto_chunks_yields_a_prefix(ua_backend):
+    expected = [0, 10, 20]
+    got = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for v in ua.map(fail_on_three, range(6)):
+            got.append(v)  # noqa: PERF402 - keep what came before the error
+    assert got == expected[: len(got)]
+
+
+def test_map_unordered_exception(ua_backend):
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(ua.map(fail_on_three, range(6), ordered=False))
+
+
+def test_map_executor_usable_after_task_exception(ua_backend):
+    with pytest.raises(ValueError):
+        list(ua.map(fail_on_three, range(6)))
+    assert list(ua.map(square, range(4))) == [0, 1, 4, 9]
+
+
+# --------------------------------------------------------------------------- invalid arguments
+@pytest.mark.parametrize("buffersize", [0, -1])
+def test_map_invalid_buffersize_raises_at_call(ua_backend, buffersize):
+    src = CountingSource()
+    with pytest.raises(ValueError, match="buffersize"):
+        ua.map(square, src, buffersize=buffersize)
+    assert src.pulled == 0
+
+
+@pytest.mark.parametrize("chunksize", [0, -2])
+def test_map_invalid_chunksize_raises_at_call(ua_backend, chunksize):
+    src = CountingSource()
+    with pytest.raises(ValueError, match="chunksize"):
+        ua.map(square, src, chunksize=chunksize)
+    assert src.pulled == 0
+
+
+def test_executor_map_invalid_buffersize_raises_at_call(ua_backend):
+    with pytest.raises(ValueError, match="buffersize"):
+        ua_backend.map(square, range(3), buffersize=0)
+
+
+def test_map_usable_after_invalid_arguments(ua_backend):
+    with pytest.raises(ValueError):
+        ua.map(square, range(3), chunksize=0)
+    assert list(ua.map(square, range(3))) == [0, 1, 4]

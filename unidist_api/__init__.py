@@ -1,0 +1,88 @@
+"""unidist-api: one small facade over Ray, Dask, a local process pool and a serial backend.
+
+    import unidist_api as ua
+    squares = list(ua.map(square, range(100)))
+
+Module functions act on the current executor (chosen by ``ua.use``, ``ua.configure``,
+the environment or a config file; ``local`` by default); ``ua.Executor`` is the same
+API as an explicit object. Importing this package imports no engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from . import errors
+from .config import configure, current_executor, shutdown, use
+from .executor import Executor, as_completed, gather, wait
+from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
+from .pipeline import Pipeline, Stage, stage
+from .reduce import MISSING
+from .registry import backends
+from .task import TaskFunction, TaskOptions, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Executor",
+    "Future",
+    "Pipeline",
+    "Stage",
+    "TaskFunction",
+    "TaskOptions",
+    "as_completed",
+    "backends",
+    "configure",
+    "current_executor",
+    "errors",
+    "gather",
+    "map",
+    "pipeline",
+    "put",
+    "reduce",
+    "shutdown",
+    "stage",
+    "submit",
+    "task",
+    "use",
+    "wait",
+    "__version__",
+]
+
+T = TypeVar("T")
+
+
+def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    """Run ``fn(*args, **kwargs)`` as one task on the current executor."""
+    return current_executor().submit(fn, *args, **kwargs)
+
+
+def map(fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,  # noqa: A001
+        chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
+        progress: bool = False) -> Iterator[T]:
+    """Lazy parallel ``map`` on the current executor (see ``Executor.map``)."""
+    return current_executor().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
+                                  buffersize=buffersize, ordered=ordered, progress=progress)
+
+
+def pipeline(*stages: Callable[..., Any] | Stage) -> Pipeline:
+    """Chain stages; ``pipeline(f, g)(items)`` yields ``g(f(x))`` in input order.
+
+    The pipeline runs on whichever executor is current when it is called.
+    """
+    return Pipeline(stages)
+
+
+def reduce(fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSING) -> T:
+    """Parallel tree reduction with a fixed shape (equal to ``functools.reduce`` for
+    an associative ``fn``; bit-identical on every backend)."""
+    return current_executor().reduce(fn, iterable, initial)
+
+
+def put(obj: T) -> Future[T]:
+    """Store ``obj`` once on the current executor; pass the handle to many tasks."""
+    return current_executor().put(obj)

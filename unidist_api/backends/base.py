@@ -1,0 +1,147 @@
+"""The backend interface: the small contract every engine implements.
+
+A backend does five things: ``submit`` one task, ``put`` one object, ``cancel`` a
+task that has not started, report whether a task is ``running``, and ``shutdown``.
+It completes the :class:`~unidist_api.futures.Future` it returns from its engine's
+own completion mechanism, so waiting (``result``, ``wait``, ``as_completed``) is the
+standard ``concurrent.futures`` machinery. ``map``, ``pipeline`` and ``reduce`` live
+once, in the facade, on top of this; a backend may override ``default_buffersize``
+to tune them.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import concurrent.futures as cf
+
+from ..arguments import replace_futures
+from ..errors import InvalidOptionError, UnsupportedOptionError
+from ..futures import Future
+from ..serialization import loads
+from ..task import DEFAULT_OPTIONS, TaskOptions
+from ..worker import CALL, OK, Outcome
+
+__all__ = ["Backend", "Task", "complete", "resolve_arguments"]
+
+
+@dataclass(slots=True)
+class Task:
+    """One unit of work as the facade hands it to a backend.
+
+    ``mode`` is :data:`~unidist_api.worker.CALL` for ``fn(*args, **kwargs)`` or a batch
+    mode (``args[0]`` is a list of items). ``deps`` are the futures found inside the
+    arguments (empty when there are none), found once by the facade.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: TaskOptions = DEFAULT_OPTIONS
+    mode: int = CALL
+    deps: list[Future[Any]] = field(default_factory=list)
+
+
+class Backend(ABC):
+    """Base class of backends; subclasses live in one module each under ``backends/``."""
+
+    #: The registry name, e.g. ``"local"``.
+    name: ClassVar[str]
+    #: Names of the backend options (``Executor(backend, **options)``) this backend accepts.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *, address: str | None, workers: int | None,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - self.option_names)
+        if unknown:
+            accepted = ", ".join(sorted(self.option_names)) or "none"
+            raise InvalidOptionError(
+                f"unknown option(s) {', '.join(unknown)} for backend {self.name!r}; "
+                f"it accepts: {accepted}"
+            )
+        self.address = address
+        self.initializer = initializer
+        self.initargs = initargs
+        self.options = dict(options)
+        self._workers = workers
+
+    @property
+    def workers(self) -> int:
+        """How many tasks can run at once (sizes the default buffers of map/pipeline)."""
+        return self._workers or os.cpu_count() or 1
+
+    def check_options(self, options: TaskOptions) -> None:
+        """Refuse, at submit time, task options this backend cannot honour.
+
+        The default honours ``retries``/``retry_on`` and plain one-CPU tasks; engines that
+        schedule by resources override this.
+        """
+        if options is DEFAULT_OPTIONS:
+            return
+        if options.timeout is not None:
+            raise UnsupportedOptionError(
+                f"the task option timeout={options.timeout!r} is not supported by the "
+                f"{self.name!r} backend in this release; remove it, or enforce the limit "
+                "inside the task"
+            )
+        if options.gpus > 0:
+            raise UnsupportedOptionError(
+                f"the task asks for gpus={options.gpus!r}, but the {self.name!r} backend "
+                "has no GPUs to give; use the ray or dask backend on a cluster with GPUs"
+            )
+        if options.cpus > 1 or options.memory is not None or options.resources:
+            raise UnsupportedOptionError(
+                f"the task asks for cpus={options.cpus!r}, memory={options.memory!r}, "
+                f"resources={options.resources!r}; the {self.name!r} backend runs every task "
+                "on one CPU of one worker and schedules no other resources; use the ray or "
+                "dask backend for resource requests"
+            )
+
+    @abstractmethod
+    def submit(self, task: Task) -> Future[Any]:
+        """Start ``task`` (after its ``deps`` finish) and return its future at once."""
+
+    @abstractmethod
+    def put(self, obj: Any) -> Future[Any]:
+        """Store ``obj`` once; the returned handle may be passed to many tasks."""
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Stop ``future``'s task if it has not started; False if it cannot be stopped."""
+        return True
+
+    def running(self, future: Future[Any]) -> bool:
+        """Whether ``future``'s task is executing now, as far as the engine tells."""
+        return False
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop everything this backend started; a cluster we connected to is left running."""
+
+
+def complete(future: Future[Any], outcome: Outcome) -> None:
+    """Complete ``future`` from a worker's outcome (a no-op if it was cancelled meanwhile)."""
+    status, data, tb = outcome
+    try:
+        if status == OK:
+            future.set_serialized_result(data, loads)
+        else:
+            future.set_remote_exception(loads(data), tb)
+    except cf.InvalidStateError:
+        pass
+
+
+def resolve_arguments(task: Task, swap: Callable[[Future[Any]], Any]
+                      ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The task's arguments with every future replaced by ``swap(future)``.
+
+    ``swap`` raises the future's exception when it failed, so a task whose input
+    failed fails with the same exception, as on Ray and Dask.
+    """
+    if not task.deps:
+        return task.args, task.kwargs
+    return replace_futures(task.args, swap), replace_futures(task.kwargs, swap)

@@ -1,0 +1,276 @@
+"""``local``: a loky process pool on this machine (``workers`` processes, default one per CPU).
+
+The pool starts on first use. Calls travel as pickles made in the caller (so an
+unpicklable argument fails at submit, by name) and the function is pickled once per
+executor. A task whose arguments hold unfinished futures waits for them without
+blocking the caller: one dispatcher thread submits it when they are done. ``put``
+writes the object once to a file the workers read (a RAM-backed one where the system
+has ``/dev/shm``), so many tasks share one copy instead of one pipe transfer each.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import WorkerLostError
+from ..futures import Future
+from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
+from ..worker import Outcome, load_stored, run_initializer, run_pickled
+from .base import Backend, Task, complete, resolve_arguments
+
+
+class LocalBackend(Backend):
+    name = "local"
+    option_names = frozenset({"env"})  # env: environment variables set in every worker
+
+    def __init__(self, *, address: str | None, workers: int | None,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 options: Mapping[str, Any]) -> None:
+        super().__init__(address=address, workers=workers, initializer=initializer,
+                         initargs=initargs, options=options)
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._broken = False  # set when a worker died; the pool is replaced on next submit
+        self._functions = FunctionCache()
+        self._init_data = (
+            dumps_value((initializer, initargs), "the initializer and its initargs")
+            if initializer is not None else None
+        )
+        self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
+        self._store: _Store | None = None
+
+    # -- the pool -----------------------------------------------------------------
+    def _get_pool(self) -> Any:
+        pool = self._pool
+        if pool is not None and not self._broken:
+            return pool
+        with self._lock:
+            if self._pool is None or self._broken:
+                import loky  # deferred: loky is imported when the backend is first used
+
+                if self._pool is not None:  # a worker died and broke the pool: replace it
+                    self._pool.shutdown(wait=False, kill_workers=True)
+                    self._broken = False
+                self._pool = loky.ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    initializer=run_initializer if self._init_data else None,
+                    initargs=(self._init_data,) if self._init_data else (),
+                    env=self.options.get("env"),
+                )
+            return self._pool
+
+    # -- Backend interface -------------------------------------------------------------
+    def submit(self, task: Task) -> Future[Any]:
+        future: Future[Any] = Future(self)
+        pending = [dep for dep in task.deps if not dep.done()]
+        if pending:
+            self._defer(future, task, pending)
+        else:
+            self._dispatch(future, task)
+        return future
+
+    def put(self, obj: Any) -> Future[Any]:
+        data = dumps_value(obj, "the object passed to put")
+        store = self._get_store()
+        stored = store.add(data)
+        future: Future[Any] = Future(self, handle=stored)
+        future.set_serialized_result(stored.path.encode(), _load_path)
+        weakref.finalize(future, store.drop, stored.path)
+        return future
+
+    def cancel(self, future: Future[Any]) -> bool:
+        handle = future.handle
+        return handle is None or bool(handle.cancel())
+
+    def running(self, future: Future[Any]) -> bool:
+        handle = future.handle
+        return handle is not None and bool(handle.running())
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._ready is not None:
+            self._ready.put(None)
+            self._ready = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, kill_workers=cancel_futures)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self._functions.clear()
+
+    # -- internals -----------------------------------------------------------------------
+    def _dispatch(self, future: Future[Any], task: Task) -> None:
+        """Pickle the call here (errors surface in the caller) and hand it to the pool."""
+        if future.done():
+            return
+        try:
+            args, kwargs = resolve_arguments(task, self._worker_value)
+        except BaseException as exc:  # an input future failed: so does this task
+            future.set_exception(exc)
+            return
+        fn_data = self._functions.get(task.fn)
+        payload = dumps_arguments(task.fn, args, kwargs)
+        held = self._hold(task)
+        options = task.options
+        handle = self._get_pool().submit(
+            run_pickled, fn_data, payload, task.mode, options.retries, options.retry_on
+        )
+        future.handle = handle
+        handle.add_done_callback(functools.partial(self._on_done, future, held))
+        if future.cancelled():
+            handle.cancel()
+
+    def _on_done(self, future: Future[Any], held: list[str], handle: Any) -> None:
+        if held and self._store is not None:
+            self._store.release(held)
+        if handle.cancelled():
+            future.cancel()
+            return
+        exc = handle.exception()
+        if exc is None:
+            outcome: Outcome = handle.result()
+            complete(future, outcome)
+            return
+        import loky
+
+        if isinstance(exc, loky.BrokenProcessPool):
+            self._broken = True
+            lost = WorkerLostError(
+                f"a worker process of the local pool died while this task was queued or "
+                f"running ({exc}); the pool is replaced for the next tasks"
+            )
+            lost.__cause__ = exc
+            exc = lost
+        if not future.done():
+            future.set_exception(exc)
+
+    def _worker_value(self, dep: Future[Any]) -> Any:
+        """What replaces an input future in a call sent to a worker."""
+        if dep._backend is self and isinstance(dep.handle, _Stored):
+            return dep.handle  # a put handle: the worker reads the shared file
+        data = dep.serialized_result()  # raises the dependency's exception if it failed
+        if data is not None:
+            return Pickled(data)  # still pickled: embed it without a round trip
+        return dep.result()
+
+    def _defer(self, future: Future[Any], task: Task, pending: list[Future[Any]]) -> None:
+        """Submit ``task`` from the dispatcher thread once its input futures are done."""
+        count = [len(pending)]
+        lock = threading.Lock()
+
+        def on_input_done(_: Any) -> None:
+            with lock:
+                count[0] -= 1
+                ready = count[0] == 0
+            if ready and self._ready is not None:
+                self._ready.put((future, task))
+
+        self._get_ready_queue()
+        for dep in pending:
+            dep.add_done_callback(on_input_done)
+
+    def _get_ready_queue(self) -> queue.SimpleQueue[tuple[Future[Any], Task] | None]:
+        with self._lock:
+            if self._ready is None:
+                self._ready = queue.SimpleQueue()
+                threading.Thread(target=self._dispatch_loop, args=(self._ready,), daemon=True,
+                                 name="unidist-api-local-dispatch").start()
+            return self._ready
+
+    def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], Task] | None]) -> None:
+        while (item := ready.get()) is not None:
+            future, task = item
+            try:
+                self._dispatch(future, task)
+            except BaseException as exc:
+                if not future.done():
+                    future.set_exception(exc)
+
+    def _get_store(self) -> _Store:
+        with self._lock:
+            if self._store is None:
+                self._store = _Store()
+            return self._store
+
+    def _hold(self, task: Task) -> list[str]:
+        """Keep the put files a task reads until it finishes."""
+        paths = [dep.handle.path for dep in task.deps
+                 if dep._backend is self and isinstance(dep.handle, _Stored)]
+        if paths and self._store is not None:
+            self._store.acquire(paths)
+        return paths
+
+
+class _Stored:
+    """A put handle as it travels to a worker: just the file's path."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
+        return (load_stored, (self.path,))
+
+
+def _load_path(path: bytes) -> Any:
+    with open(path.decode(), "rb") as file:
+        return loads(file.read())
+
+
+class _Store:
+    """Files holding put objects; one is removed once its handle is gone and no task reads it."""
+
+    def __init__(self) -> None:
+        shm = "/dev/shm"
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+        self.dir = tempfile.mkdtemp(prefix="unidist-api-put-", dir=base)
+        self._lock = threading.Lock()
+        self._readers: dict[str, int] = {}
+        self._dropped: set[str] = set()
+
+    def add(self, data: bytes) -> _Stored:
+        path = os.path.join(self.dir, uuid.uuid4().hex)
+        with open(path, "wb") as file:
+            file.write(data)
+        return _Stored(path)
+
+    def acquire(self, paths: list[str]) -> None:
+        with self._lock:
+            for path in paths:
+                self._readers[path] = self._readers.get(path, 0) + 1
+
+    def release(self, paths: list[str]) -> None:
+        with self._lock:
+            for path in paths:
+                self._readers[path] -= 1
+                if not self._readers[path]:
+                    del self._readers[path]
+                    self._remove_if_dropped(path)
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            self._dropped.add(path)
+            if path not in self._readers:
+                self._remove_if_dropped(path)
+
+    def _remove_if_dropped(self, path: str) -> None:
+        if path in self._dropped:
+            self._dropped.discard(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

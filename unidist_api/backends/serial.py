@@ -1,0 +1,66 @@
+"""``serial``: every task runs in the calling thread, in submission order, one at a time.
+
+It is the reference the other backends are tested against, and the one to debug
+with (``breakpoint()`` inside a task works). Arguments and results still make a
+pickle round trip, exactly as on a worker process, so a task that mutates its
+arguments, or returns an unpicklable object, behaves here as it will on a cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..futures import Future
+from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
+from ..worker import run_pickled
+from .base import Backend, Task, complete, resolve_arguments
+
+
+class SerialBackend(Backend):
+    name = "serial"
+
+    def __init__(self, *, address: str | None, workers: int | None,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 options: Mapping[str, Any]) -> None:
+        super().__init__(address=address, workers=workers, initializer=initializer,
+                         initargs=initargs, options=options)
+        self._lock = threading.RLock()  # re-entrant: a task may submit to its own executor
+        self._functions = FunctionCache()
+        self._initialized = initializer is None
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def submit(self, task: Task) -> Future[Any]:
+        future: Future[Any] = Future(self)
+        with self._lock:
+            if not self._initialized:
+                self._initialized = True
+                assert self.initializer is not None
+                self.initializer(*self.initargs)
+            try:
+                args, kwargs = resolve_arguments(task, _value)
+            except BaseException as exc:  # an input future failed: so does this task
+                future.set_exception(exc)
+                return future
+            fn_data = self._functions.get(task.fn)
+            payload = dumps_arguments(task.fn, args, kwargs)
+            options = task.options
+            outcome = run_pickled(fn_data, payload, task.mode, options.retries, options.retry_on)
+        complete(future, outcome)
+        return future
+
+    def put(self, obj: Any) -> Future[Any]:
+        future: Future[Any] = Future(self)
+        future.set_serialized_result(dumps_value(obj, "the object passed to put"), loads)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._functions.clear()
+
+
+def _value(future: Future[Any]) -> Any:
+    return future.result()

@@ -1,0 +1,213 @@
+"""``ua.Executor``: the facade, a ``concurrent.futures.Executor`` over any backend.
+
+It validates the call, finds futures among the arguments, and hands one
+:class:`~unidist_api.backends.base.Task` to the backend. ``map``, ``pipeline`` and
+``reduce`` are written once (``mapping.py``, ``pipeline.py``, ``reduce.py``) on top
+of ``submit``; nothing here depends on which engine runs the work.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .arguments import find_futures
+from .backends.base import Backend, Task
+from .config import Layer, Settings, check_workers, resolve
+from .errors import ExecutorShutdownError
+from .futures import ALL_COMPLETED, Future
+from .reduce import MISSING
+from .registry import load_backend
+from .task import DEFAULT_OPTIONS, unwrap
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline, Stage
+
+__all__ = ["Executor"]
+
+T = TypeVar("T")
+
+
+class Executor(cf.Executor):
+    """Runs tasks on one backend; drop-in for ``concurrent.futures.ProcessPoolExecutor``.
+
+    ``Executor(backend=None, address=None, workers=None, *, initializer=None,
+    initargs=(), **backend_options)``; ``max_workers=`` is a synonym of ``workers=``.
+    Unset arguments come from the configuration (``use``, ``configure``, environment,
+    config file). ``initializer(*initargs)`` runs once in every worker process before
+    its first task. The backend starts on first use.
+    """
+
+    def __init__(self, backend: str | None = None, address: str | None = None,
+                 workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), max_workers: int | None = None,
+                 **backend_options: Any) -> None:
+        if max_workers is not None:
+            if workers is not None and workers != max_workers:
+                raise TypeError(
+                    f"workers={workers!r} and max_workers={max_workers!r} disagree; "
+                    "max_workers is a synonym of workers: pass one of them"
+                )
+            workers = max_workers
+        check_workers(workers, "workers")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        settings = resolve(Layer("Executor()", backend, address, workers, backend_options))
+        self._start(settings, initializer, tuple(initargs))
+
+    @classmethod
+    def _from_settings(cls, settings: Settings) -> Executor:
+        executor = cls.__new__(cls)
+        executor._start(settings, None, ())
+        return executor
+
+    def _start(self, settings: Settings, initializer: Callable[..., Any] | None,
+               initargs: tuple[Any, ...]) -> None:
+        backend_class = load_backend(settings.backend)
+        self.settings = settings
+        self._backend: Backend = backend_class(
+            address=settings.address, workers=settings.workers, initializer=initializer,
+            initargs=initargs, options=settings.options,
+        )
+        self._shutdown_lock = threading.Lock()
+        self._is_shutdown = False
+        _track(self)
+
+    # -- what it is ----------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The backend's registered name (``"local"``, ``"serial"``, ...)."""
+        return self._backend.name
+
+    @property
+    def address(self) -> str | None:
+        return self._backend.address
+
+    @property
+    def workers(self) -> int:
+        """How many tasks run at once."""
+        return self._backend.workers
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._is_shutdown
+
+    def __repr__(self) -> str:
+        state = " shutdown" if self._is_shutdown else ""
+        return f"<ua.Executor backend={self.backend!r} workers={self.workers}{state}>"
+
+    def _check_open(self) -> None:
+        if self._is_shutdown:
+            raise ExecutorShutdownError(
+                f"this {self.backend!r} executor has been shut down; create a new "
+                "ua.Executor (or use the module functions, which start a new one)"
+            )
+
+    # -- operations ------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` as one task; futures among the arguments are resolved."""
+        self._check_open()
+        fn, options = unwrap(fn)
+        if options is not DEFAULT_OPTIONS:
+            self._backend.check_options(options)
+        deps = find_futures(args, kwargs)
+        return self._backend.submit(Task(fn, args, kwargs, options, deps=deps))
+
+    def _submit_task(self, task: Task) -> Future[Any]:
+        """Submit a prepared task (used by map, pipeline and reduce)."""
+        self._check_open()
+        return self._backend.submit(task)
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
+            progress: bool = False) -> Iterator[T]:
+        """Lazy parallel ``map``: input is pulled as results are consumed.
+
+        At most ``buffersize`` items are submitted and not yet yielded (``None``: a bounded
+        size picked from the worker count). ``timeout`` counts from this call.
+        ``ordered=False`` yields in completion order; ``chunksize=None`` batches tiny items.
+        """
+        from .mapping import map_iterator
+
+        self._check_open()
+        return map_iterator(self, fn, iterables, timeout=timeout, chunksize=chunksize,
+                            buffersize=buffersize, ordered=ordered, progress=progress)
+
+    def pipeline(self, *stages: Callable[..., Any] | Stage) -> Pipeline:
+        """A reusable chain of stages bound to this executor; call it on an iterable."""
+        from .pipeline import Pipeline
+
+        self._check_open()
+        return Pipeline(stages, executor=self)
+
+    def reduce(self, fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSING) -> T:
+        """Parallel tree reduction with a fixed shape (docs/reduce.md)."""
+        from .reduce import tree_reduce
+
+        self._check_open()
+        return tree_reduce(self, fn, iterable, initial)
+
+    def put(self, obj: T) -> Future[T]:
+        """Store ``obj`` once; pass the returned handle to many tasks."""
+        self._check_open()
+        return self._backend.put(obj)
+
+    def gather(self, futures: Iterable[Future[T]]) -> list[T]:
+        """Results of ``futures``, in order."""
+        return gather(futures)
+
+    def as_completed(self, futures: Iterable[Future[T]],
+                     timeout: float | None = None) -> Iterator[Future[T]]:
+        return as_completed(futures, timeout)
+
+    def wait(self, futures: Iterable[Future[T]], timeout: float | None = None,
+             return_when: str = ALL_COMPLETED) -> tuple[set[Future[T]], set[Future[T]]]:
+        return wait(futures, timeout, return_when)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop what this executor started; a cluster it connected to keeps running."""
+        with self._shutdown_lock:
+            if self._is_shutdown:
+                return
+            self._is_shutdown = True
+        self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def gather(futures: Iterable[Future[T]]) -> list[T]:
+    """Results of ``futures``, in order; raises the first failure met in that order."""
+    return [future.result() for future in futures]
+
+
+def as_completed(futures: Iterable[Future[T]],
+                 timeout: float | None = None) -> Iterator[Future[T]]:
+    """Each future once, as it finishes (``concurrent.futures.as_completed``)."""
+    return cf.as_completed(futures, timeout)  # type: ignore[return-value]
+
+
+def wait(futures: Iterable[Future[T]], timeout: float | None = None,
+         return_when: str = ALL_COMPLETED) -> tuple[set[Future[T]], set[Future[T]]]:
+    """``(done, not_done)``, as ``concurrent.futures.wait``."""
+    done, not_done = cf.wait(futures, timeout, return_when)
+    return done, not_done  # type: ignore[return-value]
+
+
+# -- nothing we started outlives the interpreter ------------------------------------------
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _track(executor: Executor) -> None:
+    global _atexit_registered
+    _live.add(executor)
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(_shutdown_all)
+
+
+def _shutdown_all() -> None:
+    for executor in list(_live):
+        executor.shutdown(wait=False, cancel_futures=True)

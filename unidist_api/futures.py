@@ -1,0 +1,122 @@
+"""``ua.Future``: a ``concurrent.futures.Future`` completed by a backend.
+
+A backend completes a future from whatever thread its engine reports in (no thread
+per future). Results may arrive *serialized*: :meth:`Future.set_serialized_result`
+stores the bytes and they are unpickled once, on the first ``result()``, in the
+thread that asks, so engine callback threads stay cheap and values nobody reads are
+never unpickled.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import pickle
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import RemoteTraceback, SerializationError
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["Future", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+
+T = TypeVar("T")
+
+ALL_COMPLETED = cf.ALL_COMPLETED
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+
+
+class _Serialized:
+    """A result still in pickled form; replaced by its value on first access."""
+
+    __slots__ = ("data", "loads")
+
+    def __init__(self, data: bytes, loads: Callable[[bytes], Any]) -> None:
+        self.data = data
+        self.loads = loads
+
+
+class Future(cf.Future[T], Generic[T]):
+    """The result of one task: a ``concurrent.futures.Future`` that also awaits in asyncio.
+
+    ``handle`` is the engine's own object (a loky future, a Ray ``ObjectRef``, a Dask
+    future, or ``None`` on serial) for power users; nothing in the contract needs it.
+    """
+
+    def __init__(self, backend: Backend | None = None, handle: Any = None) -> None:
+        super().__init__()
+        self.handle: Any = handle
+        self._backend = backend
+
+    # -- completion, called by backends -------------------------------------------
+    def set_serialized_result(self, data: bytes, loads: Callable[[bytes], Any]) -> None:
+        """Complete with a pickled result that is unpickled on first ``result()``."""
+        self.set_result(_Serialized(data, loads))  # type: ignore[arg-type]
+
+    def set_remote_exception(self, exc: BaseException, tb: str | None) -> None:
+        """Complete with a task's exception, attaching the remote traceback text."""
+        if tb:
+            exc.__cause__ = RemoteTraceback(tb)
+        self.set_exception(exc)
+
+    def _materialize(self) -> Any:
+        with self._condition:
+            value = self._result
+            if type(value) is _Serialized:
+                try:
+                    self._result = value.loads(value.data)
+                except Exception as exc:  # unpicklable in this process
+                    err = SerializationError(
+                        f"the task's result could not be deserialized in the caller: {exc!r}"
+                    )
+                    err.__cause__ = exc
+                    self._result = None
+                    self._exception = err
+                    raise err from exc
+            return self._result
+
+    def serialized_result(self) -> bytes | None:
+        """For backends: the result's pickle if not unpickled yet, else None.
+
+        Raises the task's exception if it failed. Lets a value go on to another task
+        without an unpickle and re-pickle in between.
+        """
+        value = cf.Future.result(self, timeout=0)
+        if type(value) is _Serialized and value.loads is pickle.loads:
+            return value.data
+        return None
+
+    # -- concurrent.futures.Future API ------------------------------------------------
+    def result(self, timeout: float | None = None) -> T:
+        value = super().result(timeout)
+        if type(value) is _Serialized:
+            return self._materialize()  # type: ignore[no-any-return]
+        return value
+
+    def cancel(self) -> bool:
+        """Cancel if the task has not started; running tasks are not interrupted."""
+        if self.done():
+            return self.cancelled()
+        if self._backend is not None and not self._backend.cancel(self):
+            return False
+        if not super().cancel():
+            return False
+        with self._condition:  # no executor thread will wake cf.wait()/as_completed() waiters
+            if self._state == cf._base.CANCELLED:
+                self.set_running_or_notify_cancel()
+        return True
+
+    def running(self) -> bool:
+        if super().running():
+            return True
+        return self._backend is not None and not self.done() and self._backend.running(self)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        import asyncio  # imported here: asyncio costs ~40 ms and most users never await
+
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("<Future", "<ua.Future", 1)

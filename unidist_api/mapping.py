@@ -1,0 +1,209 @@
+"""``map``: lazy, bounded, batched, ordered or in completion order.
+
+Input is pulled only as results are consumed: at most ``buffersize`` items are
+submitted and not yet yielded, so ``map(f, itertools.count())`` streams in constant
+memory. Items travel in batches (one task runs ``fn`` over a list); with
+``chunksize=None`` the batch size adapts to the measured time per item (:class:`Batcher`).
+No thread is started: the caller's thread submits and collects, waiting on futures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .arguments import find_futures
+from .backends.base import Task
+from .futures import Future
+from .task import DEFAULT_OPTIONS, TaskOptions, unwrap
+from .worker import EACH, EACH_STAR, Batch
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+__all__ = ["map_iterator", "Batcher", "check_positive"]
+
+
+def check_positive(name: str, value: Any) -> None:
+    """``None`` or an integer >= 1 (TypeError for a non-integer, as Python 3.14's map)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be None or >= 1, got {value!r}")
+
+
+class Batcher:
+    """Chooses how many items go in the next task.
+
+    Fixed when ``chunksize`` is given. Otherwise it starts at 1 and aims for batches of
+    about ``target`` seconds of work, from the per-item time the workers report, while
+    leaving every worker at least two batches of the ``buffersize`` window.
+    """
+
+    target = 0.05  # seconds of work per task: ~100x a task's overhead on every backend
+    maximum = 8192
+
+    def __init__(self, chunksize: int | None, buffersize: int | None, workers: int) -> None:
+        self.fixed = chunksize
+        self.size = chunksize or 1
+        self.cap = self.maximum if buffersize is None else max(1, buffersize // (2 * workers))
+        self._per_item: float | None = None
+
+    def observe(self, batch: Batch) -> None:
+        if self.fixed is not None or not batch:
+            return
+        per_item = batch.elapsed / len(batch)
+        old = self._per_item
+        self._per_item = per_item if old is None else 0.7 * old + 0.3 * per_item
+        ideal = self.target / max(self._per_item, 1e-7)
+        self.size = max(1, min(int(ideal), self.cap, self.size * 4))
+
+    def next_size(self, room: int) -> int:
+        size = self.size if self.fixed is not None else min(self.size, self.cap)
+        return max(1, min(size, room))
+
+
+def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
+                 *, timeout: float | None, chunksize: int | None, buffersize: int | None,
+                 ordered: bool, progress: bool) -> Iterator[Any]:
+    """Validate now (errors at the call, not at the first ``next``), then stream."""
+    if not iterables:
+        raise TypeError("map() must have at least one iterable")
+    fn, options = unwrap(fn)
+    check_positive("chunksize", chunksize)
+    check_positive("buffersize", buffersize)
+    if timeout is not None and not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if options is not DEFAULT_OPTIONS:
+        executor._backend.check_options(options)
+    sources = [iter(iterable) for iterable in iterables]
+    source = sources[0] if len(sources) == 1 else zip(*sources)
+    mode = EACH if len(sources) == 1 else EACH_STAR
+    workers = executor.workers
+    batcher = Batcher(chunksize, buffersize, workers)
+    window = buffersize if buffersize is not None else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = _progress_bar(iterables) if progress else None
+    stream = _Stream(executor, fn, options, mode, source, batcher, window, workers)
+    stream.deadline = deadline
+    results = stream.ordered(deadline) if ordered else stream.unordered(deadline)
+    return results if bar is None else _with_bar(results, bar)
+
+
+class _Stream:
+    """The submit side of a map: cuts input into batches within the in-flight window."""
+
+    def __init__(self, executor: Executor, fn: Callable[..., Any], options: TaskOptions,
+                 mode: int, source: Iterator[Any], batcher: Batcher, window: int | None,
+                 workers: int) -> None:
+        self.executor = executor
+        self.fn = fn
+        self.options = options
+        self.mode = mode
+        self.source = source
+        self.batcher = batcher
+        self.window = window
+        self.max_batches = 2 * workers + 1
+        self.exhausted = False
+        self.in_flight = 0  # items submitted and not yet yielded
+        self.pending: deque[tuple[Future[Any], int]] = deque()
+        self.deadline: float | None = None
+        self.late: set[Future[Any]] = set()  # finished during submit, after the deadline
+
+    def fill(self, on_done: Callable[[Future[Any]], None] | None = None) -> None:
+        """Submit batches until the window or the input is exhausted."""
+        while not self.exhausted and len(self.pending) < self.max_batches:
+            room = self.batcher.maximum if self.window is None else self.window - self.in_flight
+            if room <= 0:
+                return
+            size = self.batcher.next_size(room)
+            items = list(itertools.islice(self.source, size))
+            if len(items) < size:
+                self.exhausted = True
+            if not items:
+                return
+            args = (items,)
+            task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
+            future = self.executor._submit_task(task)
+            if self.deadline is not None and future.done() and time.monotonic() > self.deadline:
+                self.late.add(future)  # a backend that runs tasks in submit (serial)
+            self.pending.append((future, len(items)))
+            self.in_flight += len(items)
+            if on_done is not None:
+                future.add_done_callback(on_done)
+
+    def cancel(self) -> None:
+        for future, _ in self.pending:
+            future.cancel()
+        self.pending.clear()
+
+    def ordered(self, deadline: float | None) -> Iterator[Any]:
+        try:
+            while True:
+                self.fill()
+                if not self.pending:
+                    return
+                future, _ = self.pending.popleft()
+                if future in self.late:
+                    raise TimeoutError("map: the next result was not ready within timeout")
+                batch = future.result(_remaining(deadline))
+                self.batcher.observe(batch)
+                for value in batch:
+                    self.in_flight -= 1
+                    yield value
+        finally:
+            self.cancel()
+
+    def unordered(self, deadline: float | None) -> Iterator[Any]:
+        finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        try:
+            while True:
+                self.fill(finished.put)
+                if not self.pending:
+                    return
+                try:
+                    future = finished.get(timeout=_remaining(deadline))
+                except queue.Empty:
+                    raise TimeoutError("map: the next result was not ready within timeout") from None
+                self.pending = deque(entry for entry in self.pending if entry[0] is not future)
+                if future in self.late:
+                    raise TimeoutError("map: the next result was not ready within timeout")
+                batch = future.result()
+                self.batcher.observe(batch)
+                for value in batch:
+                    self.in_flight -= 1
+                    yield value
+        finally:
+            self.cancel()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _progress_bar(iterables: tuple[Iterable[Any], ...]) -> Any:
+    from tqdm.auto import tqdm
+
+    sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+    total = min(sizes) if len(sizes) == len(iterables) else None
+    return tqdm(total=total, unit="item")
+
+
+def _with_bar(results: Iterator[Any], bar: Any) -> Iterator[Any]:
+    try:
+        for value in results:
+            bar.update(1)
+            yield value
+    finally:
+        bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,91 @@
+"""Backend registry: name -> lazy ``"module:Class"`` path, with the extra to install.
+
+Nothing is imported until a backend is first used, so ``import unidist_api`` never
+imports an engine. Third-party packages register more backends through the
+entry-point group ``unidist_api.backends`` (value ``"package.module:BackendClass"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import BackendNotInstalledError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["backends", "register_backend", "unregister_backend", "load_backend"]
+
+ENTRY_POINT_GROUP = "unidist_api.backends"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    target: str  # "package.module:Class"
+    extra: str | None  # the pip extra that installs the engine, e.g. "ray"
+
+
+_registry: dict[str, _Entry] = {
+    "local": _Entry("unidist_api.backends.local:LocalBackend", None),
+    "serial": _Entry("unidist_api.backends.serial:SerialBackend", None),
+}
+_entry_points_loaded = False
+
+
+def register_backend(name: str, target: str, *, extra: str | None = None) -> None:
+    """Register backend ``name`` as the class at ``target`` (``"module:Class"``), lazily.
+
+    ``extra`` names the pip extra to suggest when the module cannot be imported.
+    """
+    if ":" not in target:
+        raise ValueError(f"target must look like 'package.module:Class', got {target!r}")
+    _registry[name] = _Entry(target, extra)
+
+
+def unregister_backend(name: str) -> None:
+    """Forget backend ``name`` (for tests and plugins)."""
+    _registry.pop(name, None)
+
+
+def backends() -> list[str]:
+    """Names of all registered backends, including entry-point plugins."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _registry.setdefault(ep.name, _Entry(ep.value, None))
+
+
+def load_backend(name: str) -> type[Backend]:
+    """Import and return the backend class registered as ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"a backend name must be a string, got {name!r}")
+    entry = _registry.get(name)
+    if entry is None:
+        _load_entry_points()
+        entry = _registry.get(name)
+    if entry is None:
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; known backends: {', '.join(backends())}"
+        )
+    module_name, _, class_name = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = entry.extra or name
+        raise BackendNotInstalledError(
+            f"backend {name!r} cannot be used: {exc}. "
+            f'Install it with: pip install "unidist-api[{extra}]"'
+        ) from exc
+    backend: type[Backend] = getattr(module, class_name)
+    return backend

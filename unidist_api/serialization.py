@@ -1,0 +1,137 @@
+"""Pickling with cloudpickle, and errors that name what could not be pickled.
+
+Functions and classes the workers cannot import (``__main__``, test modules, a
+script's sibling module) are shipped by value by cloudpickle. Errors are raised in
+the caller at submit time, as :class:`~unidist_api.errors.SerializationError`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import SerializationError
+
+__all__ = ["dumps", "loads", "dumps_function", "dumps_arguments", "Pickled", "FunctionCache",
+           "dumps_value"]
+
+loads = pickle.loads
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` with cloudpickle (protocol 5)."""
+    import cloudpickle  # deferred: keeps ``import unidist_api`` light
+
+    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+class Pickled:
+    """A value already in pickled form, embedded in another pickle without re-pickling."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
+        return (loads, (self.data,))
+
+
+def _describe(obj: Any) -> str:
+    kind = type(obj)
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{kind.__module__}.{kind.__qualname__} object {text}"
+
+
+_FIX = (
+    "Pass something picklable, or create the object inside the task "
+    "(or once per worker with Executor(initializer=...))."
+)
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a task function, raising SerializationError that names it."""
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or _describe(fn)
+        raise SerializationError(
+            f"cannot serialize the task function {name!s}: {exc}. "
+            "A task function must be picklable by cloudpickle, including what it closes "
+            f"over and the globals it uses. {_FIX}"
+        ) from exc
+
+
+def dumps_value(obj: Any, what: str) -> bytes:
+    """Pickle one object, raising SerializationError that says ``what`` it was."""
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}") from exc
+
+
+def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any]) -> bytes:
+    """Pickle ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
+    try:
+        return dumps((args, kwargs))
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        culprit = _find_culprit(args, kwargs)
+        raise SerializationError(
+            f"cannot serialize {culprit} of task {name}: {exc}. {_FIX}"
+        ) from exc
+
+
+def _find_culprit(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """Name the first unpicklable argument, descending into lists, tuples and dicts."""
+    items: list[tuple[str, Any]] = [(f"argument {i}", v) for i, v in enumerate(args)]
+    items += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in items:
+        if _picklable(value):
+            continue
+        while isinstance(value, (list, tuple, dict)):
+            pairs = value.items() if isinstance(value, dict) else enumerate(value)
+            inner = next(((k, v) for k, v in pairs if not _picklable(v)), None)
+            if inner is None:
+                break
+            label, value = f"{label}[{inner[0]!r}]", inner[1]
+        return f"{label} ({_describe(value)})"
+    return "an argument"
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+class FunctionCache:
+    """Each task function pickled once per executor, not once per call.
+
+    Keyed by identity; the function is held so its id cannot be reused while cached.
+    Like Ray's remote functions, later changes to globals a ``__main__`` function
+    reads by value are not seen by the workers.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._entries: dict[int, tuple[Callable[..., Any], bytes]] = {}
+
+    def get(self, fn: Callable[..., Any]) -> bytes:
+        entry = self._entries.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1]
+        data = dumps_function(fn)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[id(fn)] = (fn, data)
+        return data
+
+    def clear(self) -> None:
+        self._entries.clear()

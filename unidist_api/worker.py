@@ -1,0 +1,143 @@
+"""What runs on a worker: unpickle a call, run it with retries, pickle the outcome.
+
+Every backend ends up here, so a task behaves the same everywhere: arguments are the
+task's own copies (fresh for each attempt), ``retries``/``retry_on`` count the same
+way, the result is pickled on the worker (an unpicklable result is named there), and
+an exception travels back as itself with its traceback text.
+
+A task runs in one of three modes: ``CALL`` is ``fn(*args, **kwargs)``; ``EACH`` and
+``EACH_STAR`` run a batch, ``[fn(x) for x in args[0]]`` and ``[fn(*x) for x in
+args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one task.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .errors import SerializationError, TaskError
+from .serialization import dumps, loads
+
+CALL, EACH, EACH_STAR = 0, 1, 2
+OK, ERROR = 0, 1
+
+Outcome = tuple[int, bytes, "str | None"]
+"""``(OK, pickled value, None)`` or ``(ERROR, pickled exception, traceback text)``."""
+
+class Batch(list):  # type: ignore[type-arg]
+    """The results of a batch task, with ``elapsed``: seconds the worker spent on it.
+
+    A list, so a batch passed on to the next pipeline stage is that stage's input.
+    """
+
+    elapsed: float = 0.0
+
+
+_functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+_FUNCTION_CACHE_SIZE = 128
+
+
+def load_function(data: bytes) -> Callable[..., Any]:
+    """Unpickle a task function once per worker process (cached by its pickle)."""
+    fn = _functions.get(data)
+    if fn is None:
+        fn = loads(data)
+        _functions[data] = fn
+        if len(_functions) > _FUNCTION_CACHE_SIZE:
+            _functions.popitem(last=False)
+    return fn
+
+
+def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
+                retry_on: tuple[type[BaseException], ...]) -> Outcome:
+    """Run one task given as pickles; never raises for the task's own errors."""
+    try:
+        fn = load_function(fn_data)
+    except Exception as exc:
+        err = SerializationError(
+            f"the worker (pid {os.getpid()}) could not load the task function: {exc!r}. "
+            "Make the function's module importable on the workers, or define it where it "
+            "can be shipped by value (a script or __main__)."
+        )
+        return dump_error(err, None)
+    start = time.perf_counter()
+    args, kwargs = loads(payload)
+    items = [(args, kwargs)] if mode == CALL else args[0]
+    values = []
+    for index, item in enumerate(items):
+        attempt = 0
+        while True:
+            try:
+                values.append(_call(fn, mode, item))
+                break
+            except (Exception, SystemExit) as exc:
+                if attempt < retries and isinstance(exc, retry_on):
+                    attempt += 1
+                    item = _fresh_item(payload, mode, index)  # each attempt gets its own copy
+                    continue
+                tb = exc.__traceback__
+                return dump_error(exc, tb.tb_next if tb else None)
+    if mode == CALL:
+        value = values[0]
+    else:
+        value = Batch(values)
+        value.elapsed = time.perf_counter() - start
+    try:
+        return (OK, dumps(value), None)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        err = SerializationError(
+            f"the result of task {name} ({type(value).__module__}.{type(value).__qualname__}) "
+            f"cannot be serialized to send it back: {exc}. Return something picklable."
+        )
+        return dump_error(err, None)
+
+
+def _call(fn: Callable[..., Any], mode: int, item: Any) -> Any:
+    if mode == CALL:
+        return fn(*item[0], **item[1])
+    if mode == EACH:
+        return fn(item)
+    return fn(*item)
+
+
+def _fresh_item(payload: bytes, mode: int, index: int) -> Any:
+    args, kwargs = loads(payload)
+    return (args, kwargs) if mode == CALL else args[0][index]
+
+
+def dump_error(exc: BaseException, tb: Any) -> Outcome:
+    """Pickle an exception with its traceback text; unpicklable ones become TaskError."""
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    try:
+        data = dumps(exc)
+        loads(data)  # some exceptions pickle but cannot be rebuilt: check here, not in the caller
+    except Exception:
+        data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
+    return (ERROR, data, text)
+
+
+_stored: OrderedDict[str, bytes] = OrderedDict()
+_STORED_CACHE_SIZE = 8
+
+
+def load_stored(path: str) -> Any:
+    """Resolve a ``put`` handle on a local worker: read the file once, unpickle per task."""
+    data = _stored.get(path)
+    if data is None:
+        with open(path, "rb") as file:
+            data = file.read()
+        _stored[path] = data
+        if len(_stored) > _STORED_CACHE_SIZE:
+            _stored.popitem(last=False)
+    return loads(data)
+
+
+def run_initializer(data: bytes) -> None:
+    """Run the user's ``initializer(*initargs)``, shipped as one pickle."""
+    initializer, initargs = loads(data)
+    initializer(*initargs)
