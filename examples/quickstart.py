@@ -51,7 +51,7 @@ def main() -> None:
 
     # 3. a 3-stage pipeline: stages overlap, outputs keep the input order.
     lines = ["The quick brown fox", "jumps over", "the lazy dog", "unidist api"]
-    for line, out in zip(lines, ua.pipeline(tokenize, count_vowels, label)(lines)):
+    for line, out in zip(lines, ua.pipeline(tokenize, count_vowels, label)(lines), strict=True):
         print(f"pipeline: {line!r:24} -> {out}")
 
     # 4. reduce: a tree with a fixed shape, so every backend gives identical results.

@@ -149,7 +149,8 @@ class Executor(cf.Executor):
         from .reduce import tree_reduce
 
         self._check_open()
-        return tree_reduce(self, fn, iterable, initial)
+        result: T = tree_reduce(self, fn, iterable, initial)
+        return result
 
     def put(self, obj: T) -> Future[T]:
         """Store ``obj`` once; pass the returned handle to many tasks."""
@@ -210,4 +211,4 @@ def _track(executor: Executor) -> None:
 
 def _shutdown_all() -> None:
     for executor in list(_live):
-        executor.shutdown(wait=False, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -83,7 +83,7 @@ class Future(cf.Future[T], Generic[T]):
         Raises the task's exception if it failed. Lets a value go on to another task
         without an unpickle and re-pickle in between.
         """
-        value = cf.Future.result(self, timeout=0)
+        value: Any = cf.Future.result(self, timeout=0)
         if type(value) is _Serialized and value.loads is pickle.loads:
             return value.data
         return None

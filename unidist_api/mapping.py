@@ -83,7 +83,7 @@ def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[It
     if options is not DEFAULT_OPTIONS:
         executor._backend.check_options(options)
     sources = [iter(iterable) for iterable in iterables]
-    source = sources[0] if len(sources) == 1 else zip(*sources)
+    source = sources[0] if len(sources) == 1 else zip(*sources)  # noqa: B905 (stop at shortest)
     mode = EACH if len(sources) == 1 else EACH_STAR
     workers = executor.workers
     batcher = Batcher(chunksize, buffersize, workers)
@@ -116,7 +116,7 @@ class _Stream:
         self.deadline: float | None = None
         self.late: set[Future[Any]] = set()  # finished during submit, after the deadline
 
-    def fill(self, on_done: Callable[[Future[Any]], None] | None = None) -> None:
+    def fill(self, on_done: Callable[[Any], object] | None = None) -> None:
         """Submit batches until the window or the input is exhausted."""
         while not self.exhausted and len(self.pending) < self.max_batches:
             room = self.batcher.maximum if self.window is None else self.window - self.in_flight
@@ -151,7 +151,7 @@ class _Stream:
                     return
                 future, _ = self.pending.popleft()
                 if future in self.late:
-                    raise TimeoutError("map: the next result was not ready within timeout")
+                    raise TimeoutError(_LATE)
                 batch = future.result(_remaining(deadline))
                 self.batcher.observe(batch)
                 for value in batch:
@@ -170,10 +170,10 @@ class _Stream:
                 try:
                     future = finished.get(timeout=_remaining(deadline))
                 except queue.Empty:
-                    raise TimeoutError("map: the next result was not ready within timeout") from None
+                    raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
                 if future in self.late:
-                    raise TimeoutError("map: the next result was not ready within timeout")
+                    raise TimeoutError(_LATE)
                 batch = future.result()
                 self.batcher.observe(batch)
                 for value in batch:
@@ -181,6 +181,9 @@ class _Stream:
                     yield value
         finally:
             self.cancel()
+
+
+_LATE = "map: the next result was not ready within timeout"
 
 
 def _remaining(deadline: float | None) -> float | None:

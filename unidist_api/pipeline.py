@@ -9,6 +9,7 @@ input instead of letting earlier stages pile up results. Outputs come in input o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import time
@@ -71,17 +72,19 @@ class Pipeline:
         names = " -> ".join(getattr(s.fn, "__name__", repr(s.fn)) for s in self.stages)
         return f"<ua.Pipeline {names}>"
 
-    def __call__(self, iterable: Iterable[Any], *, chunksize: int = 1,
+    def __call__(self, iterable: Iterable[Any], *, chunksize: int | None = None,
                  buffersize: int | None = None, timeout: float | None = None) -> Iterator[Any]:
         """Run the stages over ``iterable``, lazily.
 
-        ``chunksize`` items travel together as one task per stage; at most ``buffersize``
-        items are inside the pipeline (default: two per worker per stage).
+        ``chunksize`` items travel together as one task per stage (``None``: 1 for now;
+        adaptive batching comes with the streaming work); at most ``buffersize`` items are
+        inside the pipeline (default: two per worker per stage).
         """
         from .config import current_executor
 
         check_positive("chunksize", chunksize)
         check_positive("buffersize", buffersize)
+        chunksize = chunksize or 1
         executor = self.executor or current_executor()
         executor._check_open()
         for s in self.stages:
@@ -118,14 +121,13 @@ class _Run:
             while True:
                 self._read_input(emitted)
                 self._launch()
-                while emitted in self.outputs:
+                if emitted in self.outputs:
                     batch = self.outputs.pop(emitted).result()
                     emitted += 1
                     yield from batch
+                    continue
                 if self.exhausted and emitted == self.taken:
                     return
-                if emitted in self.outputs:
-                    continue
                 self._collect(deadline)
         finally:
             for future in self.futures:
@@ -152,9 +154,10 @@ class _Run:
                 )
                 self.running[index] += 1
                 self.futures.add(future)
-                future.add_done_callback(
-                    lambda f, i=index, n=number: self.finished.put((i, n, f))
-                )
+                future.add_done_callback(functools.partial(self._finished, index, number))
+
+    def _finished(self, index: int, number: int, future: Any) -> None:
+        self.finished.put((index, number, future))
 
     def _collect(self, deadline: float | None) -> None:
         """Wait for one task to finish and move its batch to the next stage."""

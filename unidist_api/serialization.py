@@ -7,7 +7,9 @@ the caller at submit time, as :class:`~unidist_api.errors.SerializationError`.
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +26,37 @@ def dumps(obj: Any) -> bytes:
     import cloudpickle  # deferred: keeps ``import unidist_api`` light
 
     return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+_seen_modules: set[str] = set()
+
+
+def ship_local_modules_by_value() -> None:
+    """Pickle the user's own modules by value, so workers need not import them.
+
+    A module counts as the user's own when its file lies under the current directory
+    or the running script's directory, outside any installed environment: a script's
+    sibling modules, test modules. Modules of this package are always imported.
+    """
+    import cloudpickle
+
+    roots = {os.path.abspath(os.getcwd())}
+    if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]):
+        roots.add(os.path.dirname(os.path.abspath(sys.argv[0])))
+    installed = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    for name, module in list(sys.modules.items()):
+        if name in _seen_modules:
+            continue
+        _seen_modules.add(name)
+        file = getattr(module, "__file__", None)
+        if "." in name or not file or name in ("__main__", "unidist_api"):
+            continue
+        path = os.path.abspath(file)
+        if ("site-packages" in path or "dist-packages" in path
+                or any(path.startswith(p + os.sep) for p in installed)):
+            continue
+        if any(path.startswith(root + os.sep) for root in roots):
+            cloudpickle.register_pickle_by_value(module)
 
 
 class Pickled:
@@ -54,6 +87,7 @@ _FIX = (
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Pickle a task function, raising SerializationError that names it."""
+    ship_local_modules_by_value()
     try:
         return dumps(fn)
     except Exception as exc:
@@ -70,7 +104,8 @@ def dumps_value(obj: Any, what: str) -> bytes:
     try:
         return dumps(obj)
     except Exception as exc:
-        raise SerializationError(f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}") from exc
+        message = f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}"
+        raise SerializationError(message) from exc
 
 
 def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...],

@@ -11,13 +11,12 @@ to tune them.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-import concurrent.futures as cf
 
 from ..arguments import replace_futures
 from ..errors import InvalidOptionError, UnsupportedOptionError

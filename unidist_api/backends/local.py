@@ -101,7 +101,10 @@ class LocalBackend(Backend):
             self._ready = None
         with self._lock:
             pool, self._pool = self._pool, None
+        _running.discard(self)
         if pool is not None:
+            if not wait:  # queued tasks still run, but not past interpreter exit
+                _finishing.extend(getattr(pool, "_processes", {}).values())
             pool.shutdown(wait=wait, kill_workers=cancel_futures)
         if self._store is not None:
             self._store.close()
@@ -126,6 +129,8 @@ class LocalBackend(Backend):
             run_pickled, fn_data, payload, task.mode, options.retries, options.retry_on
         )
         future.handle = handle
+        if self not in _running:  # after loky's first submit, which registers loky's hook
+            _stop_at_exit(self)
         handle.add_done_callback(functools.partial(self._on_done, future, held))
         if future.cancelled():
             handle.cancel()
@@ -209,6 +214,37 @@ class LocalBackend(Backend):
         if paths and self._store is not None:
             self._store.acquire(paths)
         return paths
+
+
+_running: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+_finishing: list[Any] = []  # worker processes of pools shut down with wait=False
+_exit_hook = False
+
+
+def _stop_at_exit(backend: LocalBackend) -> None:
+    """At interpreter exit, cancel queued tasks and stop the workers at once.
+
+    loky's own exit hook waits for every queued task to finish; ours is registered
+    after it with the same mechanism, so it runs first (threading's exit hooks run in
+    reverse order, before non-daemon threads are joined).
+    """
+    global _exit_hook
+    _running.add(backend)
+    if not _exit_hook:
+        _exit_hook = True
+        threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
+
+
+def _stop_all() -> None:
+    for backend in list(_running):
+        backend.shutdown(wait=True, cancel_futures=True)
+    for process in _finishing:
+        if process.is_alive():
+            process.terminate()
+    for process in _finishing:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
 
 class _Stored:

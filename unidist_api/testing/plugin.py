@@ -23,7 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unidist-api")
     group.addoption(
         "--ua-backends", default=DEFAULT_BACKENDS, metavar="NAMES",
-        help=f"comma-separated backends the ua_backend fixture runs on (default {DEFAULT_BACKENDS})",
+        help=f"comma-separated backends for the ua_backend fixture (default {DEFAULT_BACKENDS})",
     )
     group.addoption(
         "--ua-workers", default=None, type=int, metavar="N",

@@ -1,0 +1,94 @@
+"""Nothing we start outlives the program: checked on real processes, per backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import unidist_api as ua
+
+PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    import unidist_api as ua
+
+    def pid(_):
+        return os.getpid()
+
+    def sleep_long(x):
+        time.sleep(60)
+        return x
+
+    pids = set(ua.map(pid, range(40)))
+    if ua.current_executor().backend != "serial":  # serial would run them right here
+        futures = [ua.submit(sleep_long, i) for i in range(4)]  # still running at exit
+        stream = ua.map(sleep_long, range(100))                 # a lazy map left unconsumed
+        next(iter([stream]))
+        time.sleep(0.5)
+    print(" ".join(str(p) for p in sorted(pids)), flush=True)
+    {ending}
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited: it only waits to be reaped by its parent
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _worker_pids_after(ending: str, backend: str) -> tuple[set[int], list[int]]:
+    env = dict(os.environ, UNIDIST_API_BACKEND=backend)
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM.format(ending=ending)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    pids = {int(p) for p in done.stdout.split()}
+    deadline = time.monotonic() + 20  # processes get a moment to be reaped, no more
+    alive = [p for p in pids if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _alive(p)]
+    return pids, alive
+
+
+def test_no_worker_outlives_exit_without_shutdown(ua_backend):
+    pids, alive = _worker_pids_after("", ua_backend.backend)
+    assert pids, "the program reported no task process ids"
+    assert alive == []
+
+
+def test_no_worker_outlives_explicit_shutdown(ua_backend):
+    pids, alive = _worker_pids_after("ua.shutdown(wait=False)", ua_backend.backend)
+    assert pids
+    assert alive == []
+
+
+def test_shutdown_then_module_functions_start_afresh():
+    with ua.use("serial"):
+        pass
+    executor = ua.Executor("serial")
+    executor.shutdown()
+    assert executor.is_shutdown
+    # module functions are not tied to one executor: after ua.shutdown() they start anew
+    ua.configure("serial")
+    try:
+        assert ua.submit(abs, -3).result() == 3
+        first = ua.current_executor()
+        ua.shutdown()
+        assert first.is_shutdown
+        assert ua.submit(abs, -4).result() == 4
+        assert ua.current_executor() is not first
+    finally:
+        ua.configure(None)
+        ua.shutdown()
