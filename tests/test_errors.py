@@ -173,9 +173,8 @@ def test_unserializable_argument_raises_at_submit(ua_backend):
 
 def test_unserializable_function_raises_at_submit(ua_backend):
     lock = threading.Lock()
-    fn = lambda: lock.locked()  # closes over an unpicklable lock
     with pytest.raises(ua.errors.SerializationError) as info:
-        ua.submit(fn)
+        ua.submit(lambda: lock.locked())  # a lambda closing over an unpicklable lock
     assert isinstance(info.value, TypeError)
     assert re.search("lock", str(info.value), re.IGNORECASE), str(info.value)
     assert ua.submit(square, 7).result() == 49
@@ -243,7 +242,7 @@ def test_executor_shutdown_error_is_runtime_error():
     assert issubclass(ua.errors.ExecutorShutdownError, RuntimeError)
 
 
-# --------------------------------------------------------------------------- missing backend package
+# -------------------------------------------------------------------------- missing backend package
 def test_missing_backend_package():
     ua.registry.register_backend(
         "fakeengine", "unidist_api_missing_engine_xyz:Backend", extra="fakeengine"

@@ -142,7 +142,7 @@ def test_initializer_with_lambda(ua_backend, tmp_path, monkeypatch):
     assert list(Path(marker_dir).glob("init-*"))
 
 
-# --------------------------------------------------------------------------- map as in ProcessPoolExecutor
+# -------------------------------------------------------------------- map as in ProcessPoolExecutor
 def test_executor_map_timeout_and_chunksize(ua_backend):
     got = ua_backend.map(square, range(20), timeout=60, chunksize=3)
     assert list(got) == list(map(square, range(20)))
@@ -161,7 +161,7 @@ def test_executor_map_same_as_process_pool_style_usage(ua_backend):
     assert out == [9, 1, 4]
 
 
-# --------------------------------------------------------------------------- methods mirror module functions
+# ------------------------------------------------------------------ methods mirror module functions
 def test_executor_methods_mirror_module_functions(ua_backend):
     futs = [ua_backend.submit(square, i) for i in range(5)]
     assert ua_backend.gather(futs) == [0, 1, 4, 9, 16]
@@ -171,3 +171,32 @@ def test_executor_methods_mirror_module_functions(ua_backend):
     assert ua_backend.reduce(operator.add, range(10)) == sum(range(10))
     assert list(ua_backend.pipeline(square, str)(range(3))) == ["0", "1", "4"]
     assert ua_backend.put("value").result() == "value"
+
+
+# ------------------------------------------------------------ initializer state in globals
+# The pattern ProcessPoolExecutor users write: the initializer builds expensive state
+# in a module global, tasks read it. It must work for functions shipped by value too
+# (this test module is, like __main__ or a script's sibling module).
+_MODEL = None
+
+
+def load_model(scale):
+    global _MODEL
+    _MODEL = {"scale": scale}
+
+
+def _scaled(x):
+    return _MODEL["scale"] * x
+
+
+def predict(x):
+    return _scaled(x)  # through a helper: it must see the same globals
+
+
+def test_initializer_global_state_is_seen_by_tasks(ua_backend):
+    ex = ua.Executor(ua_backend.backend, workers=2, initializer=load_model, initargs=(10,))
+    try:
+        assert list(ex.map(predict, range(6), chunksize=1)) == [10 * x for x in range(6)]
+        assert ex.submit(predict, 7).result() == 70
+    finally:
+        ex.shutdown()

@@ -297,6 +297,20 @@ def test_map_invalid_chunksize_raises_at_call(ua_backend, chunksize):
     assert src.pulled == 0
 
 
+def test_map_non_integer_buffersize_raises_type_error(ua_backend):
+    # as Python 3.14's Executor.map(buffersize=...)
+    src = CountingSource()
+    with pytest.raises(TypeError, match="buffersize"):
+        ua.map(square, src, buffersize=2.5)
+    assert src.pulled == 0
+
+
+def test_map_without_iterables_raises_type_error(ua_backend):
+    # as the builtin map(fn)
+    with pytest.raises(TypeError, match="(?i)iterable|argument"):
+        ua.map(square)
+
+
 def test_executor_map_invalid_buffersize_raises_at_call(ua_backend):
     with pytest.raises(ValueError, match="buffersize"):
         ua_backend.map(square, range(3), buffersize=0)

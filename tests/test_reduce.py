@@ -40,7 +40,7 @@ def wide_floats(n, seed):
     return [rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-15, 15) for _ in range(n)]
 
 
-# --------------------------------------------------------------------------- equality with functools.reduce
+# ------------------------------------------------------------------- equality with functools.reduce
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 257])
 def test_reduce_add_ints(ua_backend, n):
     data = list(range(n))

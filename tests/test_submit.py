@@ -237,7 +237,7 @@ def test_add_done_callback_on_failed_future(ua_backend):
     assert str(seen[0]) == "cb failure"
 
 
-# --------------------------------------------------------------------------- gather / as_completed / wait
+# --------------------------------------------------------------------- gather / as_completed / wait
 def test_gather_in_order(ua_backend):
     futs = [ua.submit(square, i) for i in range(10)]
     assert ua.gather(futs) == [square(i) for i in range(10)]
@@ -354,7 +354,7 @@ def test_loop_run_in_executor(ua_backend):
     assert asyncio.run(main()) == [36, 3]
 
 
-# --------------------------------------------------------------------------- concurrent.futures interop
+# ----------------------------------------------------------------------- concurrent.futures interop
 def test_concurrent_futures_wait(ua_backend):
     futs = [ua.submit(square, i) for i in range(5)]
     done, not_done = cf.wait(futs, timeout=30)
@@ -376,7 +376,7 @@ def test_concurrent_futures_first_completed(ua_backend):
     assert done | not_done == set(futs)
 
 
-# --------------------------------------------------------------------------- futures & put handles as arguments
+# --------------------------------------------------------------- futures & put handles as arguments
 def test_future_as_argument(ua_backend):
     f1 = ua.submit(square, 3)
     f2 = ua.submit(add, f1, 1)

@@ -51,10 +51,10 @@ class _Block:
     """The task that reduces one block of items; pickled once per reduce call."""
 
     def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
-        self.fn = fn
+        self.__wrapped__ = fn
 
     def __call__(self, items: list[Any]) -> Any:
-        return pairwise(self.fn, items)
+        return pairwise(self.__wrapped__, items)
 
 
 MISSING: Any = object()  # "no initial value" (None is a valid one)

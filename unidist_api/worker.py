@@ -13,8 +13,10 @@ args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one ta
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
+import types
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +47,7 @@ def load_function(data: bytes) -> Callable[..., Any]:
     """Unpickle a task function once per worker process (cached by its pickle)."""
     fn = _functions.get(data)
     if fn is None:
-        fn = loads(data)
+        fn = share_globals(loads(data))
         _functions[data] = fn
         if len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)
@@ -140,4 +142,54 @@ def load_stored(path: str) -> Any:
 def run_initializer(data: bytes) -> None:
     """Run the user's ``initializer(*initargs)``, shipped as one pickle."""
     initializer, initargs = loads(data)
-    initializer(*initargs)
+    share_globals(initializer)(*initargs)
+
+
+# -- one namespace per module for functions shipped by value ----------------------------
+_namespaces: dict[str, dict[str, Any]] = {}
+
+
+def share_globals(fn: Any) -> Any:
+    """Make functions shipped by value from one module share one namespace per worker.
+
+    cloudpickle gives each pickled function a private copy of the globals it uses, so
+    ``global model`` set by an initializer defined in ``__main__`` would be invisible
+    to the tasks. Here, as if the module had been imported on the worker, they share
+    one dict: functions and classes are replaced by their newest version, other values
+    (state such as a loaded model) are kept. Functions of importable modules are left
+    alone. ``fn`` may also be a wrapper with ``__wrapped__`` (``ua.task``).
+    """
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None and not isinstance(fn, types.FunctionType):
+        fn.__wrapped__ = share_globals(inner)
+        return fn
+    if type(fn) is not types.FunctionType:
+        return fn
+    module = sys.modules.get(fn.__module__)
+    own = fn.__globals__
+    if module is not None and own is vars(module):
+        return fn
+    shared = _namespaces.setdefault(fn.__module__, own)
+    if own is shared:
+        return fn
+    for name, value in own.items():
+        if isinstance(value, types.FunctionType) and value.__globals__ is own:
+            shared[name] = _rebind(value, shared)
+        elif isinstance(value, type) or name not in shared:
+            shared[name] = value
+    named = shared.get(fn.__name__)
+    if named is not None and getattr(named, "__code__", None) is fn.__code__:
+        return named
+    return _rebind(fn, shared)
+
+
+def _rebind(fn: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
+    new = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
+                             fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__dict__.update(fn.__dict__)
+    new.__qualname__ = fn.__qualname__
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    new.__annotations__ = fn.__annotations__
+    return new

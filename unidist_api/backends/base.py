@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from ..arguments import replace_futures
 from ..errors import InvalidOptionError, UnsupportedOptionError
 from ..futures import Future
-from ..serialization import loads
+from ..serialization import dumps_value, loads
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Outcome
 
@@ -66,6 +66,11 @@ class Backend(ABC):
         self.address = address
         self.initializer = initializer
         self.initargs = initargs
+        #: ``(initializer, initargs)`` pickled now, so an unpicklable one fails here.
+        self.init_data = (
+            dumps_value((initializer, initargs), "the initializer and its initargs")
+            if initializer is not None else None
+        )
         self.options = dict(options)
         self._workers = workers
 

@@ -41,10 +41,6 @@ class LocalBackend(Backend):
         self._pool: Any = None
         self._broken = False  # set when a worker died; the pool is replaced on next submit
         self._functions = FunctionCache()
-        self._init_data = (
-            dumps_value((initializer, initargs), "the initializer and its initargs")
-            if initializer is not None else None
-        )
         self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
         self._store: _Store | None = None
 
@@ -62,8 +58,8 @@ class LocalBackend(Backend):
                     self._broken = False
                 self._pool = loky.ProcessPoolExecutor(
                     max_workers=self.workers,
-                    initializer=run_initializer if self._init_data else None,
-                    initargs=(self._init_data,) if self._init_data else (),
+                    initializer=run_initializer if self.init_data else None,
+                    initargs=(self.init_data,) if self.init_data else (),
                     env=self.options.get("env"),
                 )
             return self._pool

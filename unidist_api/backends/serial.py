@@ -14,7 +14,7 @@ from typing import Any
 
 from ..futures import Future
 from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
-from ..worker import run_pickled
+from ..worker import run_initializer, run_pickled
 from .base import Backend, Task, complete, resolve_arguments
 
 
@@ -28,7 +28,7 @@ class SerialBackend(Backend):
                          initargs=initargs, options=options)
         self._lock = threading.RLock()  # re-entrant: a task may submit to its own executor
         self._functions = FunctionCache()
-        self._initialized = initializer is None
+        self._initialized = False
 
     @property
     def workers(self) -> int:
@@ -37,10 +37,9 @@ class SerialBackend(Backend):
     def submit(self, task: Task) -> Future[Any]:
         future: Future[Any] = Future(self)
         with self._lock:
-            if not self._initialized:
-                self._initialized = True
-                assert self.initializer is not None
-                self.initializer(*self.initargs)
+            if self.init_data is not None and not self._initialized:
+                self._initialized = True  # runs as on a worker: unpickled, shared globals
+                run_initializer(self.init_data)
             try:
                 args, kwargs = resolve_arguments(task, _value)
             except BaseException as exc:  # an input future failed: so does this task
