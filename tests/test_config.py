@@ -355,3 +355,19 @@ def test_unknown_backend_from_pyproject(tmp_path):
     write_pyproject(tmp_path, 'backend = "no_such_backend_xyz"\n')
     with pytest.raises(ua.errors.UnknownBackendError, match="no_such_backend_xyz"):
         ua.current_executor()
+
+
+def test_explicit_address_on_a_machine_local_backend_is_refused(ua_backend):
+    with pytest.raises(ua.errors.InvalidOptionError, match="takes no address"):
+        ua.Executor(ua_backend.backend, address="tcp://127.0.0.1:1")
+
+
+def test_ambient_address_does_not_break_machine_local_backends(monkeypatch):
+    # an address in the environment is meant for a cluster backend chosen elsewhere
+    monkeypatch.setenv("UNIDIST_API_ADDRESS", "tcp://127.0.0.1:1")
+    ex = ua.Executor("serial")
+    try:
+        assert ex.address is None
+        assert ex.submit(abs, -2).result() == 2
+    finally:
+        ex.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .arguments import find_futures
 from .backends.base import Backend, Task
 from .config import Layer, Settings, check_workers, resolve
-from .errors import ExecutorShutdownError
+from .errors import ExecutorShutdownError, InvalidOptionError
 from .futures import ALL_COMPLETED, Future
 from .reduce import MISSING
 from .registry import load_backend
@@ -68,6 +69,16 @@ class Executor(cf.Executor):
     def _start(self, settings: Settings, initializer: Callable[..., Any] | None,
                initargs: tuple[Any, ...]) -> None:
         backend_class = load_backend(settings.backend)
+        if settings.address is not None and not backend_class.takes_address:
+            source = settings.sources.get("address", "")
+            if source in ("Executor()", "use()", "configure()"):
+                raise InvalidOptionError(
+                    f"the {settings.backend!r} backend runs on this machine and takes no "
+                    f"address, got address={settings.address!r} from {source}; drop it, or "
+                    "choose a cluster backend such as 'ray' or 'dask'"
+                )
+            # an address from the environment or a config file is meant for another backend
+            settings = dataclasses.replace(settings, address=None)
         self.settings = settings
         self._backend: Backend = backend_class(
             address=settings.address, workers=settings.workers, initializer=initializer,

@@ -49,6 +49,8 @@ class Future(cf.Future[T], Generic[T]):
         super().__init__()
         self.handle: Any = handle
         self._backend = backend
+        #: For a failed batch task: the results of the items before the failing one.
+        self.partial: list[Any] | None = None
 
     # -- completion, called by backends -------------------------------------------
     def set_serialized_result(self, data: bytes, loads: Callable[[bytes], Any]) -> None:

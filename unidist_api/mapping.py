@@ -9,6 +9,7 @@ No thread is started: the caller's thread submits and collects, waiting on futur
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 import queue
 import time
@@ -150,13 +151,8 @@ class _Stream:
                 if not self.pending:
                     return
                 future, _ = self.pending.popleft()
-                if future in self.late:
-                    raise TimeoutError(_LATE)
-                batch = future.result(_remaining(deadline))
-                self.batcher.observe(batch)
-                for value in batch:
-                    self.in_flight -= 1
-                    yield value
+                self._wait(future, deadline)
+                yield from self._values(future)
         finally:
             self.cancel()
 
@@ -172,15 +168,32 @@ class _Stream:
                 except queue.Empty:
                     raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
-                if future in self.late:
-                    raise TimeoutError(_LATE)
-                batch = future.result()
-                self.batcher.observe(batch)
-                for value in batch:
-                    self.in_flight -= 1
-                    yield value
+                self._wait(future, deadline)
+                yield from self._values(future)
         finally:
             self.cancel()
+
+    def _wait(self, future: Future[Any], deadline: float | None) -> None:
+        """Wait for ``future`` until the deadline; TimeoutError if it is not done by then."""
+        if future in self.late:
+            raise TimeoutError(_LATE)
+        done, _ = cf.wait([future], _remaining(deadline))
+        if not done:
+            raise TimeoutError(_LATE)
+
+    def _values(self, future: Future[Any]) -> Iterator[Any]:
+        """A finished batch's values; on failure, those before the failing item, then the error."""
+        try:
+            batch = future.result()
+        except BaseException:
+            for value in future.partial or ():
+                self.in_flight -= 1
+                yield value
+            raise
+        self.batcher.observe(batch)
+        for value in batch:
+            self.in_flight -= 1
+            yield value
 
 
 _LATE = "map: the next result was not ready within timeout"

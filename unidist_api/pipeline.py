@@ -109,11 +109,14 @@ class _Run:
         self.limits = [s.workers or executor.workers for s in stages]
         self.waiting: list[deque[tuple[int, Any]]] = [deque() for _ in stages]
         self.running: list[int] = [0] * len(stages)
-        self.futures: set[Future[Any]] = set()
+        self.futures: dict[Future[Any], int] = {}  # running tasks and their batch numbers
         self.finished: queue.SimpleQueue[tuple[int, int, Future[Any]]] = queue.SimpleQueue()
         self.outputs: dict[int, Future[Any]] = {}
         self.taken = 0  # batches read from the input
         self.exhausted = False
+        #: The earliest failed batch: (batch number, stage index, its future). Batches
+        #: before it still finish and are yielded, as the builtin map would; then it raises.
+        self.failure: tuple[int, int, Future[Any]] | None = None
 
     def results(self, deadline: float | None) -> Iterator[Any]:
         emitted = 0
@@ -126,6 +129,11 @@ class _Run:
                     emitted += 1
                     yield from batch
                     continue
+                if self.failure is not None and emitted == self.failure[0]:
+                    index, future = self.failure[1:]
+                    if index == len(self.stages) - 1:  # final outputs before the failing item
+                        yield from future.partial or ()
+                    future.result()  # raises the stage's own exception
                 if self.exhausted and emitted == self.taken:
                     return
                 self._collect(deadline)
@@ -134,7 +142,8 @@ class _Run:
                 future.cancel()
 
     def _read_input(self, emitted: int) -> None:
-        while not self.exhausted and self.taken - emitted < self.max_batches:
+        while (not self.exhausted and self.failure is None
+               and self.taken - emitted < self.max_batches):
             items = list(itertools.islice(self.source, self.chunksize))
             if len(items) < self.chunksize:
                 self.exhausted = True
@@ -148,12 +157,14 @@ class _Run:
             waiting, stage = self.waiting[index], self.stages[index]
             while waiting and self.running[index] < self.limits[index]:
                 number, batch = waiting.popleft()
+                if self.failure is not None and number > self.failure[0]:
+                    continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
                 future = self.executor._submit_task(
                     Task(stage.fn, (batch,), {}, stage.options, EACH, deps)
                 )
                 self.running[index] += 1
-                self.futures.add(future)
+                self.futures[future] = number
                 future.add_done_callback(functools.partial(self._finished, index, number))
 
     def _finished(self, index: int, number: int, future: Any) -> None:
@@ -167,9 +178,18 @@ class _Run:
         except queue.Empty:
             raise TimeoutError("pipeline: the next result was not ready within timeout") from None
         self.running[index] -= 1
-        self.futures.discard(future)
+        self.futures.pop(future, None)
+        if future.cancelled():
+            return  # a batch after the failure
         if future.exception() is not None:
-            future.result()  # fail fast with the stage's own exception
+            if self.failure is None or number < self.failure[0]:
+                self.failure = (number, index, future)
+                for later, later_number in list(self.futures.items()):
+                    if later_number > number:
+                        later.cancel()  # best effort; earlier batches finish anyway
+            return
+        if self.failure is not None and number > self.failure[0]:
+            return
         if index + 1 < len(self.stages):
             self.waiting[index + 1].append((number, future))
         else:

@@ -82,10 +82,10 @@ def load_backend(name: str) -> type[Backend]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = entry.extra or name
-        raise BackendNotInstalledError(
-            f"backend {name!r} cannot be used: {exc}. "
-            f'Install it with: pip install "unidist-api[{extra}]"'
-        ) from exc
+        if entry.extra is not None:
+            fix = f'Install it with: pip install "unidist-api[{entry.extra}]"'
+        else:
+            fix = f"Install the package it needs ({exc.name or 'see the message'})"
+        raise BackendNotInstalledError(f"backend {name!r} cannot be used: {exc}. {fix}") from exc
     backend: type[Backend] = getattr(module, class_name)
     return backend

@@ -22,13 +22,25 @@ loads = pickle.loads
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` with cloudpickle (protocol 5)."""
+    """Pickle ``obj`` with cloudpickle (protocol 5). Used as is on workers."""
     import cloudpickle  # deferred: keeps ``import unidist_api`` light
 
     return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
 
 
+def dumps_for_workers(obj: Any) -> bytes:
+    """Pickle ``obj`` in the caller, for workers: the user's own modules go by value.
+
+    Only the calling process decides what goes by value; workers pickle results by
+    reference, so a class the caller can import comes back as that very class.
+    """
+    if len(sys.modules) != _modules_seen[0]:
+        ship_local_modules_by_value()
+    return dumps(obj)
+
+
 _seen_modules: set[str] = set()
+_modules_seen = [0]  # len(sys.modules) at the last scan: rescan only when it changed
 
 
 def ship_local_modules_by_value() -> None:
@@ -44,7 +56,9 @@ def ship_local_modules_by_value() -> None:
     if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]):
         roots.add(os.path.dirname(os.path.abspath(sys.argv[0])))
     installed = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    for name, module in list(sys.modules.items()):
+    modules = list(sys.modules.items())
+    _modules_seen[0] = len(modules)
+    for name, module in modules:
         if name in _seen_modules:
             continue
         _seen_modules.add(name)
@@ -87,9 +101,8 @@ _FIX = (
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Pickle a task function, raising SerializationError that names it."""
-    ship_local_modules_by_value()
     try:
-        return dumps(fn)
+        return dumps_for_workers(fn)
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or _describe(fn)
         raise SerializationError(
@@ -102,7 +115,7 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 def dumps_value(obj: Any, what: str) -> bytes:
     """Pickle one object, raising SerializationError that says ``what`` it was."""
     try:
-        return dumps(obj)
+        return dumps_for_workers(obj)
     except Exception as exc:
         message = f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}"
         raise SerializationError(message) from exc
@@ -112,7 +125,7 @@ def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: Mapping[str, Any]) -> bytes:
     """Pickle ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
     try:
-        return dumps((args, kwargs))
+        return dumps_for_workers((args, kwargs))
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or repr(fn)
         culprit = _find_culprit(args, kwargs)

@@ -28,7 +28,7 @@ CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
 
 Outcome = tuple[int, bytes, "str | None"]
-"""``(OK, pickled value, None)`` or ``(ERROR, pickled exception, traceback text)``."""
+"""``(OK, pickled value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
 
 class Batch(list):  # type: ignore[type-arg]
     """The results of a batch task, with ``elapsed``: seconds the worker spent on it.
@@ -82,7 +82,7 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
                     item = _fresh_item(payload, mode, index)  # each attempt gets its own copy
                     continue
                 tb = exc.__traceback__
-                return dump_error(exc, tb.tb_next if tb else None)
+                return dump_error(exc, tb.tb_next if tb else None, values if mode else None)
     if mode == CALL:
         value = values[0]
     else:
@@ -112,14 +112,23 @@ def _fresh_item(payload: bytes, mode: int, index: int) -> Any:
     return (args, kwargs) if mode == CALL else args[0][index]
 
 
-def dump_error(exc: BaseException, tb: Any) -> Outcome:
-    """Pickle an exception with its traceback text; unpicklable ones become TaskError."""
+def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) -> Outcome:
+    """Pickle ``(exception, partial)`` with the traceback text.
+
+    ``partial`` holds a batch's results before the failing item, so ``map`` can yield
+    them first, exactly as the builtin ``map`` would. An exception that cannot be
+    pickled and rebuilt becomes :class:`~unidist_api.errors.TaskError`.
+    """
     text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
     try:
         data = dumps(exc)
         loads(data)  # some exceptions pickle but cannot be rebuilt: check here, not in the caller
     except Exception:
-        data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
+        exc = TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    try:
+        data = dumps((exc, partial or None))
+    except Exception:  # an unpicklable earlier result: report the error alone
+        data = dumps((exc, None))
     return (ERROR, data, text)
 
 

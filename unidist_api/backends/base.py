@@ -52,6 +52,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: Names of the backend options (``Executor(backend, **options)``) this backend accepts.
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``address=`` (a running cluster to connect to) means anything here.
+    takes_address: ClassVar[bool] = False
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -134,7 +136,8 @@ def complete(future: Future[Any], outcome: Outcome) -> None:
         if status == OK:
             future.set_serialized_result(data, loads)
         else:
-            future.set_remote_exception(loads(data), tb)
+            exc, future.partial = loads(data)
+            future.set_remote_exception(exc, tb)
     except cf.InvalidStateError:
         pass
 

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import WorkerLostError
+from ..errors import ExecutorShutdownError, WorkerLostError
 from ..futures import Future
 from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
 from ..worker import Outcome, load_stored, run_initializer, run_pickled
@@ -43,6 +43,7 @@ class LocalBackend(Backend):
         self._functions = FunctionCache()
         self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
         self._store: _Store | None = None
+        self._unfinished: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # for cancel_futures
 
     # -- the pool -----------------------------------------------------------------
     def _get_pool(self) -> Any:
@@ -69,9 +70,13 @@ class LocalBackend(Backend):
         future: Future[Any] = Future(self)
         pending = [dep for dep in task.deps if not dep.done()]
         if pending:
+            # Check now what can be checked, so errors still surface at submit time.
+            self._functions.get(task.fn)
+            dumps_arguments(task.fn, *resolve_arguments(task, _placeholder))
             self._defer(future, task, pending)
         else:
             self._dispatch(future, task)
+        self._unfinished.add(future)
         return future
 
     def put(self, obj: Any) -> Future[Any]:
@@ -92,6 +97,13 @@ class LocalBackend(Backend):
         return handle is not None and bool(handle.running())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._close(wait=wait, cancel=cancel_futures, kill=False)
+
+    def _close(self, *, wait: bool, cancel: bool, kill: bool) -> None:
+        """Stop the pool; ``cancel`` drops tasks not yet started, ``kill`` stops running ones."""
+        if cancel:
+            for future in list(self._unfinished):
+                future.cancel()
         if self._ready is not None:
             self._ready.put(None)
             self._ready = None
@@ -101,7 +113,7 @@ class LocalBackend(Backend):
         if pool is not None:
             if not wait:  # queued tasks still run, but not past interpreter exit
                 _finishing.extend(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=wait, kill_workers=cancel_futures)
+            pool.shutdown(wait=wait, kill_workers=kill)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -132,6 +144,7 @@ class LocalBackend(Backend):
             handle.cancel()
 
     def _on_done(self, future: Future[Any], held: list[str], handle: Any) -> None:
+        self._unfinished.discard(future)
         if held and self._store is not None:
             self._store.release(held)
         if handle.cancelled():
@@ -143,8 +156,15 @@ class LocalBackend(Backend):
             complete(future, outcome)
             return
         import loky
+        from loky.process_executor import ShutdownExecutorError
 
-        if isinstance(exc, loky.BrokenProcessPool):
+        if isinstance(exc, ShutdownExecutorError):
+            stopped = ExecutorShutdownError(
+                "the executor was shut down before this task finished"
+            )
+            stopped.__cause__ = exc
+            exc = stopped
+        elif isinstance(exc, loky.BrokenProcessPool):
             self._broken = True
             lost = WorkerLostError(
                 f"a worker process of the local pool died while this task was queued or "
@@ -233,7 +253,7 @@ def _stop_at_exit(backend: LocalBackend) -> None:
 
 def _stop_all() -> None:
     for backend in list(_running):
-        backend.shutdown(wait=True, cancel_futures=True)
+        backend._close(wait=True, cancel=True, kill=True)
     for process in _finishing:
         if process.is_alive():
             process.terminate()
@@ -241,6 +261,10 @@ def _stop_all() -> None:
         process.join(timeout=5)
         if process.is_alive():
             process.kill()
+
+
+def _placeholder(future: Future[Any]) -> None:
+    return None
 
 
 class _Stored:
