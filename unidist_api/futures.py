@@ -19,13 +19,25 @@ from .errors import RemoteTraceback, SerializationError
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-__all__ = ["Future", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+__all__ = ["Future", "RemoteFailure", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 T = TypeVar("T")
 
 ALL_COMPLETED = cf.ALL_COMPLETED
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+
+
+class RemoteFailure(Exception):
+    """Raised by a result loader when the task itself failed (engines with lazy fetch).
+
+    Carries the task's own exception, its traceback text and a batch's partial results.
+    """
+
+    def __init__(self, exc: BaseException, tb: str | None = None,
+                 partial: list[Any] | None = None) -> None:
+        super().__init__(exc)
+        self.exc, self.tb, self.partial = exc, tb, partial
 
 
 class _Serialized:
@@ -53,8 +65,13 @@ class Future(cf.Future[T], Generic[T]):
         self.partial: list[Any] | None = None
 
     # -- completion, called by backends -------------------------------------------
-    def set_serialized_result(self, data: bytes, loads: Callable[[bytes], Any]) -> None:
-        """Complete with a pickled result that is unpickled on first ``result()``."""
+    def set_serialized_result(self, data: Any, loads: Callable[[Any], Any]) -> None:
+        """Complete with a result loaded on first ``result()``: ``loads(data)``.
+
+        ``data`` is a pickle (``loads=pickle.loads``) or an engine handle whose value
+        stays on the cluster until asked for; a loader raises :class:`RemoteFailure`
+        when the task failed.
+        """
         self.set_result(_Serialized(data, loads))  # type: ignore[arg-type]
 
     def set_remote_exception(self, exc: BaseException, tb: str | None) -> None:
@@ -69,6 +86,14 @@ class Future(cf.Future[T], Generic[T]):
             if type(value) is _Serialized:
                 try:
                     self._result = value.loads(value.data)
+                except RemoteFailure as failure:
+                    exc = failure.exc
+                    if failure.tb:
+                        exc.__cause__ = RemoteTraceback(failure.tb)
+                    self.partial = failure.partial
+                    self._result = None
+                    self._exception = exc
+                    raise exc from exc.__cause__
                 except Exception as exc:  # unpicklable in this process
                     err = SerializationError(
                         f"the task's result could not be deserialized in the caller: {exc!r}"
@@ -96,6 +121,19 @@ class Future(cf.Future[T], Generic[T]):
         if type(value) is _Serialized:
             return self._materialize()  # type: ignore[no-any-return]
         return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        exc = super().exception(timeout)
+        if exc is None and type(self._result) is _Serialized:
+            try:
+                self._materialize()  # the task may have failed: only loading tells
+            except BaseException as error:
+                return error
+        return exc
+
+    def known_exception(self) -> BaseException | None:
+        """The exception of a finished future if known without loading its result."""
+        return cf.Future.exception(self, timeout=0)
 
     def cancel(self) -> bool:
         """Cancel if the task has not started; running tasks are not interrupted."""

@@ -181,7 +181,7 @@ class _Run:
         self.futures.pop(future, None)
         if future.cancelled():
             return  # a batch after the failure
-        if future.exception() is not None:
+        if future.known_exception() is not None:
             if self.failure is None or number < self.failure[0]:
                 self.failure = (number, index, future)
                 for later, later_number in list(self.futures.items()):

@@ -15,6 +15,7 @@ and for any worker count.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 import time
 from collections import deque
@@ -116,7 +117,8 @@ def _next_level(leaves: deque[tuple[Future[Any], int, float]], level: int, count
     A block of 2**k items must start at a multiple of 2**k, so the tree stays aligned.
     """
     future, size, started = leaves.popleft()
-    if future.exception() is not None:  # waits; a failed block ends the reduce now
+    cf.wait([future])
+    if future.known_exception() is not None:  # a failed block ends the reduce now
         future.result()
     elapsed = time.monotonic() - started
     if elapsed < TARGET_SECONDS / 2 and (1 << (level + 1)) <= MAX_BLOCK:

@@ -54,9 +54,21 @@ def load_function(data: bytes) -> Callable[..., Any]:
     return fn
 
 
-def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
-                retry_on: tuple[type[BaseException], ...]) -> Outcome:
-    """Run one task given as pickles; never raises for the task's own errors."""
+class _Failed(Exception):
+    """Internal: a task's own exception, its traceback and a batch's partial results."""
+
+    def __init__(self, exc: BaseException, tb: Any, partial: list[Any] | None) -> None:
+        super().__init__(exc)
+        self.exc, self.tb, self.partial = exc, tb, partial
+
+
+def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int, retries: int,
+            retry_on: tuple[type[BaseException], ...]) -> Any:
+    """Run one task; return its value (a :class:`Batch` in batch modes) or raise _Failed.
+
+    ``load_args()`` returns a fresh ``(args, kwargs)``; each retry of an item gets its
+    own copy, so an attempt never sees what an earlier one mutated.
+    """
     try:
         fn = load_function(fn_data)
     except Exception as exc:
@@ -65,9 +77,9 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
             "Make the function's module importable on the workers, or define it where it "
             "can be shipped by value (a script or __main__)."
         )
-        return dump_error(err, None)
+        raise _Failed(err, None, None) from None
     start = time.perf_counter()
-    args, kwargs = loads(payload)
+    args, kwargs = load_args()
     items = [(args, kwargs)] if mode == CALL else args[0]
     values = []
     for index, item in enumerate(items):
@@ -79,24 +91,112 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
             except (Exception, SystemExit) as exc:
                 if attempt < retries and isinstance(exc, retry_on):
                     attempt += 1
-                    item = _fresh_item(payload, mode, index)  # each attempt gets its own copy
+                    fresh_args, fresh_kwargs = load_args()
+                    item = (fresh_args, fresh_kwargs) if mode == CALL else fresh_args[0][index]
                     continue
                 tb = exc.__traceback__
-                return dump_error(exc, tb.tb_next if tb else None, values if mode else None)
+                raise _Failed(exc, tb.tb_next if tb else None, values if mode else None) from None
     if mode == CALL:
-        value = values[0]
-    else:
-        value = Batch(values)
-        value.elapsed = time.perf_counter() - start
+        return values[0]
+    batch = Batch(values)
+    batch.elapsed = time.perf_counter() - start
+    return batch
+
+
+def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
+                retry_on: tuple[type[BaseException], ...]) -> Outcome:
+    """Run one task given as pickles; the outcome is pickled too (never raises)."""
+    try:
+        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on)
+    except _Failed as failed:
+        return dump_error(failed.exc, failed.tb, failed.partial)
     try:
         return (OK, dumps(value), None)
     except Exception as exc:
-        name = getattr(fn, "__qualname__", repr(fn))
-        err = SerializationError(
-            f"the result of task {name} ({type(value).__module__}.{type(value).__qualname__}) "
-            f"cannot be serialized to send it back: {exc}. Return something picklable."
-        )
-        return dump_error(err, None)
+        return dump_error(_unpicklable_result(fn_data, value, exc), None)
+
+
+def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
+               retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Any:
+    """Run one task for an engine with an object store (Ray, Dask).
+
+    ``payload`` holds the arguments with :class:`Input` placeholders where the caller
+    passed futures; ``inputs`` are those futures' values, resolved by the engine
+    (worker to worker). Each attempt gets its own copy of them. The value goes back to
+    the engine as is; a failure is raised as the task's own exception, carrying the
+    traceback text and a batch's partial results for the caller (:func:`failure_details`).
+    """
+    blob = dumps(inputs) if inputs else b""
+
+    def load_args() -> tuple[Any, Any]:
+        args, kwargs = loads(payload)
+        if inputs:
+            values = loads(blob)
+            args, kwargs = _fill(args, values), _fill(kwargs, values)
+        return args, kwargs
+
+    try:
+        return execute(fn_data, load_args, mode, retries, retry_on)
+    except _Failed as failed:
+        raise _prepare(failed) from None
+
+
+class Input:
+    """Placeholder for the value of the ``index``-th input future of a task."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[type[Input], tuple[int]]:
+        return (Input, (self.index,))
+
+
+def _fill(obj: Any, values: tuple[Any, ...]) -> Any:
+    if type(obj) is Input:
+        return values[obj.index]
+    kind = type(obj)
+    if kind is dict:
+        return {key: _fill(value, values) for key, value in obj.items()}
+    if kind is list:
+        return [_fill(value, values) for value in obj]
+    if kind is tuple:
+        return tuple(_fill(value, values) for value in obj)
+    return obj
+
+
+def _prepare(failed: _Failed) -> BaseException:
+    """The exception to raise in the engine, with what the caller needs attached."""
+    exc, tb, partial = failed.exc, failed.tb, failed.partial
+    text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    try:
+        loads(dumps(exc))
+    except Exception:
+        exc = TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    exc.__dict__["_ua_traceback"] = text
+    if partial:
+        try:
+            dumps(partial)
+            exc.__dict__["_ua_partial"] = partial
+        except Exception:
+            pass
+    return exc
+
+
+def failure_details(exc: BaseException) -> tuple[str | None, list[Any] | None]:
+    """Take back what :func:`run_native` attached to an exception: (traceback, partial)."""
+    state = getattr(exc, "__dict__", {})
+    return state.pop("_ua_traceback", None), state.pop("_ua_partial", None)
+
+
+def _unpicklable_result(fn_data: bytes, value: Any, exc: Exception) -> SerializationError:
+    fn = load_function(fn_data)
+    name = getattr(fn, "__qualname__", repr(fn))
+    return SerializationError(
+        f"the result of task {name} ({type(value).__module__}.{type(value).__qualname__}) "
+        f"cannot be serialized to send it back: {exc}. Return something picklable."
+    )
 
 
 def _call(fn: Callable[..., Any], mode: int, item: Any) -> Any:
@@ -105,11 +205,6 @@ def _call(fn: Callable[..., Any], mode: int, item: Any) -> Any:
     if mode == EACH:
         return fn(item)
     return fn(*item)
-
-
-def _fresh_item(payload: bytes, mode: int, index: int) -> Any:
-    args, kwargs = loads(payload)
-    return (args, kwargs) if mode == CALL else args[0][index]
 
 
 def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) -> Outcome:

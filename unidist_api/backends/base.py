@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 from ..arguments import replace_futures
 from ..errors import InvalidOptionError, UnsupportedOptionError
 from ..futures import Future
-from ..serialization import dumps_value, loads
+from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
 from ..task import DEFAULT_OPTIONS, TaskOptions
-from ..worker import CALL, OK, Outcome
+from ..worker import CALL, OK, Input, Outcome, failure_details
 
-__all__ = ["Backend", "Task", "complete", "resolve_arguments"]
+__all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
+           "fail_from_engine"]
 
 
 @dataclass(slots=True)
@@ -152,3 +153,41 @@ def resolve_arguments(task: Task, swap: Callable[[Future[Any]], Any]
     if not task.deps:
         return task.args, task.kwargs
     return replace_futures(task.args, swap), replace_futures(task.kwargs, swap)
+
+
+def prepare_native(task: Task, functions: FunctionCache
+                   ) -> tuple[bytes, bytes, list[Future[Any]]]:
+    """For engines with an object store: ``(fn_data, payload, inputs)`` of a task.
+
+    The arguments are pickled here (so errors name the culprit at submit time) with an
+    :class:`~unidist_api.worker.Input` placeholder for each distinct input future;
+    ``inputs`` lists those futures in placeholder order. The backend passes each one's
+    engine handle (or, for a future of another backend, its value) as an extra
+    positional argument of :func:`~unidist_api.worker.run_native`, so the engine moves
+    the values worker to worker.
+    """
+    fn_data = functions.get(task.fn)
+    if not task.deps:
+        return fn_data, dumps_arguments(task.fn, task.args, task.kwargs), []
+    index: dict[int, int] = {}
+    inputs: list[Future[Any]] = []
+    for dep in task.deps:
+        if id(dep) not in index:
+            index[id(dep)] = len(inputs)
+            inputs.append(dep)
+
+    def placeholder(future: Future[Any]) -> Input:
+        return Input(index[id(future)])
+
+    args, kwargs = resolve_arguments(task, placeholder)
+    return fn_data, dumps_arguments(task.fn, args, kwargs), inputs
+
+
+def fail_from_engine(future: Future[Any], exc: BaseException) -> None:
+    """Complete ``future`` with a task's own exception raised through an engine."""
+    tb, partial = failure_details(exc)
+    future.partial = partial
+    try:
+        future.set_remote_exception(exc, tb)
+    except cf.InvalidStateError:
+        pass
