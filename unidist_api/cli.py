@@ -75,9 +75,10 @@ def run_script(script: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def info() -> int:
-    """Print the resolved configuration with its sources, and versions."""
-    settings = config.resolve()
+def info(args: argparse.Namespace) -> int:
+    """Print the resolved configuration with its sources, the backend's facts, versions."""
+    settings = config.resolve(config.Layer("command line", args.backend, args.address,
+                                           args.workers))
     sources = settings.sources
     print("configuration:")
     print(f"  backend: {settings.backend}  ({sources['backend']})")
@@ -91,7 +92,9 @@ def info() -> int:
 
     executor = Executor(settings.backend, settings.address, settings.workers, **settings.options)
     try:
-        print(f"  effective workers: {executor.workers}")
+        print(f"{settings.backend}:")
+        for name, value in executor._backend.describe().items():
+            print(f"  {name}: {value}")
     finally:
         executor.shutdown()
     print("versions:")
@@ -107,11 +110,11 @@ def info() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _export(args)
     try:
         if args.command == "run":
+            _export(args)
             return run_script(args.script, args.args)
-        return info()
+        return info(args)
     except UnidistError as exc:
         print(f"unidist-api {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -125,6 +125,10 @@ class Backend(ABC):
         """Whether ``future``'s task is executing now, as far as the engine tells."""
         return False
 
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``unidist-api info``: where it runs, workers, resources (may start it)."""
+        return {"address": self.address or "this machine", "workers": self.workers}
+
     @abstractmethod
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop everything this backend started; a cluster we connected to is left running."""
