@@ -28,6 +28,7 @@ class _Entry:
 
 
 _registry: dict[str, _Entry] = {
+    "dask": _Entry("unidist_api.backends.dask:DaskBackend", "dask"),
     "local": _Entry("unidist_api.backends.local:LocalBackend", None),
     "serial": _Entry("unidist_api.backends.serial:SerialBackend", None),
 }

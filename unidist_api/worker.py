@@ -113,7 +113,7 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
     try:
         return (OK, dumps(value), None)
     except Exception as exc:
-        return dump_error(_unpicklable_result(fn_data, value, exc), None)
+        return dump_error(unpicklable_result(fn_data, value, exc), None)
 
 
 def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
@@ -138,7 +138,8 @@ def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
     try:
         return execute(fn_data, load_args, mode, retries, retry_on)
     except _Failed as failed:
-        raise _prepare(failed) from None
+        error = _prepare(failed)
+    raise error  # outside the handler: no __context__ chain back to _Failed
 
 
 class Input:
@@ -190,7 +191,8 @@ def failure_details(exc: BaseException) -> tuple[str | None, list[Any] | None]:
     return state.pop("_ua_traceback", None), state.pop("_ua_partial", None)
 
 
-def _unpicklable_result(fn_data: bytes, value: Any, exc: Exception) -> SerializationError:
+def unpicklable_result(fn_data: bytes, value: Any, exc: Exception) -> SerializationError:
+    """The error for a task result that cannot be pickled, naming the task and the type."""
     fn = load_function(fn_data)
     name = getattr(fn, "__qualname__", repr(fn))
     return SerializationError(

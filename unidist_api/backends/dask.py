@@ -1,0 +1,722 @@
+# mypy: disallow-untyped-calls=False
+# (much of Dask's API is not annotated)
+"""``dask``: tasks run on Dask distributed, in an embedded ``LocalCluster`` or a running cluster.
+
+Without an address, the first task (or ``put``) starts a ``LocalCluster`` of ``workers``
+worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard. With
+``address="tcp://host:8786"`` (or, when ours is unset, Dask's own ``scheduler-address``
+setting, e.g. ``DASK_SCHEDULER_ADDRESS``) a client connects to that scheduler, which we never
+stop; an unreachable one raises ``ClusterConnectionError`` after ``connect_timeout`` seconds.
+There, ``workers`` (if set) only sizes the buffers of ``map`` and ``pipeline``; unset, it is
+the cluster's thread count.
+
+Backend options:
+
+- ``connect_timeout`` (seconds, default 30): how long to keep trying to reach ``address``.
+- ``threads_per_worker`` (default 1): threads of each embedded worker process, so
+  ``workers * threads_per_worker`` tasks run at once. A running cluster has its own.
+
+How the contract maps onto Dask:
+
+- **A task** is one ``client.submit(_run, ...)`` with ``pure=False`` (never deduplicated) and
+  a readable unique key (``<function>-<uuid>``). Input futures of this executor go in as
+  Dask futures, so their values move worker to worker; futures of other executors go in as
+  values. ``_run`` wraps :func:`~unidist_api.worker.run_native`, which gives each attempt
+  its own copy of the arguments, and pickles the value on the worker, as ``local`` does:
+  an unpicklable result fails the task there, by name, instead of failing later in Dask's
+  transfer (or hanging, when a task on another worker needs it). Dask keeps and moves
+  that pickle.
+- **Retries** (``retries``/``retry_on``) happen inside ``run_native``, per item of a batch,
+  with fresh arguments, only for ``retry_on``: Dask's ``retries=`` would retry any
+  exception and a whole batch, so it is not used. A worker that dies is Dask's business:
+  the task is rescheduled until ``distributed.scheduler.allowed-failures`` (default 3)
+  workers died with it, then fails with ``WorkerLostError``.
+- **Completion** uses one ``add_done_callback`` per Dask future (Dask runs callbacks on its
+  own callback thread, not its event loop). The value stays on the cluster until
+  ``result()`` asks for it, one round trip per future; ``shutdown`` first brings over, in
+  one batch, the values of finished tasks not read yet, so futures work after it.
+- **put** pickles the object here (an error names it) and scatters it once, under a key of
+  its own (two puts of equal objects are two objects). It lives on one worker until tasks
+  elsewhere copy it; if that worker dies, Dask cannot recompute it: reading it, or a task
+  needing it, fails with ``WorkerLostError``. Read a put handle's value before
+  ``shutdown`` (it is not brought over).
+- **cancel** succeeds only while the scheduler has not handed the task to a worker (it may
+  then queue there, as on ``local``): Dask cannot stop a running task, only discard its
+  result. A tiny race remains: the scheduler may hand the task over while the cancel
+  message travels. Dask then also drops the tasks that take it as input; they fail with
+  ``CancelledError``, as on ``local``.
+- **Resources**: ``cpus`` above 1, ``gpus``, ``memory`` and ``resources`` become Dask worker
+  resources ``CPU``, ``GPU``, ``MEMORY`` (bytes) and the given names; a task that asks for
+  none of them just takes a thread. Embedded workers declare ``CPU`` (their threads) and
+  ``MEMORY`` (their memory limit, Dask's default share of the machine); GPUs need a cluster
+  whose workers declare them (``dask worker --resources "GPU=1"``). A request no current
+  worker offers is refused at submit; a cluster with no worker yet accepts it. Dask counts
+  a resource only among the tasks that ask for it, so with several threads per worker a
+  ``cpus=2`` task may share its worker with one-thread tasks.
+- **initializer** is a named ``WorkerPlugin`` per executor: Dask runs it once in every
+  worker process, present or future, before the worker takes tasks (in the thread that
+  runs tasks, so the worker stays responsive while it runs); its exception is raised by the
+  first submit. An embedded executor with an initializer gets its own cluster, since its
+  state would otherwise leak into other executors' tasks; on a running cluster, every
+  worker runs the initializers of all the executors connected to it. Executors without one
+  share an embedded cluster of the same shape, counted by users: starting one costs seconds.
+- **Shutdown** waits (``wait=True``), closes the client and stops the cluster we started
+  once its last user is gone; ``wait=False`` does the same in the background. At
+  interpreter exit, before ``atexit`` handlers run, tasks not finished are dropped and
+  everything we started is stopped (Dask gives a worker busy with a task 4 s before it
+  kills it, and says so on stderr). Embedded workers also exit when this process dies.
+- **``__main__``**: Dask spawns worker processes, and a spawned process re-runs the
+  parent's main script (its top-level prints and, without an ``if __name__ ==
+  "__main__":`` guard, its whole program). Tasks never need it (functions from ``__main__``
+  travel by value), so embedded workers are started without it, as ``local``'s are.
+- **Logs**: embedded workers do not log each failed task (the caller gets the exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import logging
+import multiprocessing.spawn
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import dask.config
+from dask.sizeof import sizeof
+from dask.typing import Key
+from dask.utils import format_bytes, funcname
+from distributed import Client, KilledWorker, LocalCluster, Worker, WorkerPlugin
+from distributed import Future as DaskFuture
+from distributed.system import MEMORY_LIMIT
+
+from ..errors import (
+    ClusterConnectionError,
+    ExecutorShutdownError,
+    InvalidOptionError,
+    UnsupportedOptionError,
+    WorkerLostError,
+)
+from ..futures import Future, RemoteFailure
+from ..serialization import FunctionCache, Pickled, dumps, dumps_value
+from ..task import DEFAULT_OPTIONS, TaskOptions
+from ..worker import unpicklable_result, run_initializer, run_native
+from .base import Backend, Task, fail_from_engine, prepare_native
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+
+sizeof.register(Pickled)(lambda value: len(value.data))  # Dask's memory accounting
+
+
+class DaskBackend(Backend):
+    name = "dask"
+    takes_address = True
+    option_names = frozenset({"connect_timeout", "threads_per_worker"})
+
+    def __init__(self, *, address: str | None, workers: int | None,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 options: Mapping[str, Any]) -> None:
+        super().__init__(address=address, workers=workers, initializer=initializer,
+                         initargs=initargs, options=options)
+        self.address = address or dask.config.get("scheduler-address", None)
+        self._connect_timeout = _number_option(options, "connect_timeout",
+                                               DEFAULT_CONNECT_TIMEOUT)
+        self._threads = int(_number_option(options, "threads_per_worker", 1, integer=True))
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._cluster: _Cluster | None = None  # the embedded cluster we use, if any
+        self._plugin: str | None = None  # our initializer's plugin name
+        self._closed = False
+        self._threads_seen = 0  # worker threads of a running cluster, when last asked
+        self._functions = FunctionCache()
+        self._track_lock = threading.Lock()
+        self._unfinished: set[Future[Any]] = set()
+        self._cancelling: set[Key] = set()  # keys of tasks we asked Dask to cancel
+        self._unread: weakref.WeakSet[_Result] = weakref.WeakSet()  # values still on the cluster
+
+    @property
+    def workers(self) -> int:
+        if self.address is None:
+            return (self._workers or os.cpu_count() or 1) * self._threads
+        if self._workers:
+            return self._workers
+        if not self._closed:
+            self._threads_seen = sum(self._get_client().nthreads().values())
+        return max(1, self._threads_seen)
+
+    # -- Backend interface -----------------------------------------------------------------
+    def check_options(self, options: TaskOptions) -> None:
+        if options is DEFAULT_OPTIONS:
+            return
+        if options.timeout is not None:
+            raise UnsupportedOptionError(
+                f"the task option timeout={options.timeout!r} is not supported by the 'dask' "
+                "backend in this release; remove it, or enforce the limit inside the task"
+            )
+        request = _resource_request(options)
+        if request:
+            self._check_offered(request)
+
+    def submit(self, task: Task) -> Future[Any]:
+        fn_data, payload, inputs = prepare_native(task, self._functions)
+        client = self._get_client()
+        options = task.options
+        handle = client.submit(
+            _run, fn_data, payload, task.mode, options.retries, _retry_on(options),
+            *[self._input(dep) for dep in inputs],
+            key=f"{funcname(task.fn)}-{uuid.uuid4().hex}", pure=False,
+            resources=None if options is DEFAULT_OPTIONS else _resource_request(options),
+        )
+        future: Future[Any] = Future(self, handle=handle)
+        with self._track_lock:
+            self._unfinished.add(future)
+        handle.add_done_callback(functools.partial(self._on_done, future))
+        return future
+
+    def put(self, obj: Any) -> Future[Any]:
+        data = dumps_value(obj, "the object passed to put")
+        key = f"put-{uuid.uuid4().hex}"
+        handle = self._get_client().scatter({key: Pickled(data)}, hash=False)[key]
+        future: Future[Any] = Future(self, handle=handle)
+        future.set_serialized_result(_Result(handle), _Result.read)
+        return future
+
+    def cancel(self, future: Future[Any]) -> bool:
+        handle: DaskFuture[Any] | None = future.handle
+        if handle is None or handle.status == "cancelled":
+            return True
+        if handle.status != "pending" or self._started([handle]):
+            return False
+        self._cancel_in_dask([handle])
+        return True
+
+    def running(self, future: Future[Any]) -> bool:
+        handle: DaskFuture[Any] | None = future.handle
+        return handle is not None and handle.status == "pending" and bool(self._started([handle]))
+
+    def describe(self) -> dict[str, Any]:
+        client = self._get_client()
+        info = client.scheduler_info(n_workers=-1)
+        workers = info["workers"].values()
+        threads = sum(worker["nthreads"] for worker in workers)
+        resources = sorted({_describe(worker["resources"]) for worker in workers})
+        where = self.address or f"embedded LocalCluster at {info['address']}"
+        return {"address": where, "workers": self.workers,
+                "worker processes": f"{len(workers)} ({threads} threads)",
+                "worker resources": "; ".join(resources) or "none declared"}
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+        if cancel_futures:
+            self._cancel_unstarted()
+        if wait:
+            self._drain_and_close()
+        else:
+            threading.Thread(target=self._drain_and_close, daemon=True,
+                             name="unidist-api-dask-shutdown").start()
+
+    # -- starting ----------------------------------------------------------------------------
+    def _get_client(self) -> Client:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError("this 'dask' executor has been shut down")
+            if self._client is None:
+                self._client = self._start()
+                _track(self)
+            return self._client
+
+    def _start(self) -> Client:
+        """Connect to ``address`` or start (or join) an embedded cluster; install the plugins."""
+        client = None
+        try:
+            if self.address is not None:
+                client = self._connect(self.address)
+            else:
+                self._cluster = _Cluster.acquire(self._workers or os.cpu_count() or 1,
+                                                 self._threads, private=self.init_data is not None)
+                client = Client(self._cluster.cluster, set_as_default=False)
+                client.register_plugin(_QuietTaskFailures())
+            if self.init_data is not None:
+                name = f"unidist-api-initializer-{uuid.uuid4().hex}"
+                client.register_plugin(_Initializer(self.init_data), name=name)
+                self._plugin = name
+        except BaseException:
+            self._release(client, self._cluster)
+            self._cluster = None
+            raise
+        return client
+
+    def _connect(self, address: str) -> Client:
+        timeout = self._connect_timeout
+        try:
+            return Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            _close_half_made_client(exc)
+            if isinstance(exc, ValueError):
+                raise InvalidOptionError(
+                    f"{address!r} is not a Dask scheduler address ({exc}); "
+                    "expected something like 'tcp://host:8786'"
+                ) from exc
+            raise ClusterConnectionError(
+                f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc}); "
+                "check that it is running and reachable from here, or raise the "
+                "connect_timeout option"
+            ) from exc
+
+    # -- tasks ------------------------------------------------------------------------------
+    def _input(self, dep: Future[Any]) -> Any:
+        """What a task receives for an input future: our Dask future, or another's value."""
+        return dep.handle if dep._backend is self else dep.result()
+
+    def _on_done(self, future: Future[Any], handle: DaskFuture[Any]) -> None:
+        """Dask's done callback (on its callback thread): complete ``future``, value left there."""
+        with self._track_lock:
+            self._unfinished.discard(future)
+            cancelled = handle.key in self._cancelling
+            self._cancelling.discard(handle.key)
+        try:
+            if cancelled:
+                future.cancel()
+            elif handle.status in ("error", "cancelled"):
+                _fail(future, handle)
+            else:
+                result = _Result(handle)
+                with self._track_lock:
+                    self._unread.add(result)
+                future.set_serialized_result(result, _Result.read)
+        except cf.InvalidStateError:
+            pass  # failed by shutdown meanwhile
+        except BaseException as exc:  # the client closed under us: never raise into Dask
+            try:
+                future.set_exception(exc)
+            except cf.InvalidStateError:
+                pass
+
+    def _check_offered(self, request: dict[str, float]) -> None:
+        """Refuse a resource request that no worker of the cluster could ever satisfy."""
+        offers = self._offers()
+        if not offers or any(_covers(offer, request) for offer in offers):
+            return
+        hint = ("on the embedded cluster, CPU is the threads_per_worker option"
+                if self.address is None else
+                'start workers that declare them, e.g. dask worker --resources "GPU=1"')
+        raise UnsupportedOptionError(
+            f"the task asks for {_describe(request)} (cpus -> CPU, gpus -> GPU, memory -> "
+            f"MEMORY, plus its resources), but no worker of the Dask cluster offers that; "
+            f"workers offer: {'; '.join(sorted({_describe(o) for o in offers}))} ({hint})"
+        )
+
+    def _offers(self) -> list[Mapping[str, float]]:
+        """The resources each worker declares (the embedded cluster's, without starting it)."""
+        if self.address is None:
+            return [_embedded_resources(self._workers or os.cpu_count() or 1, self._threads)]
+        workers = self._get_client().scheduler_info(n_workers=-1)["workers"]
+        return [worker["resources"] for worker in workers.values()]
+
+    def _started(self, handles: Iterable[DaskFuture[Any]]) -> set[DaskFuture[Any]]:
+        """Those of ``handles`` the scheduler has handed to a worker (they may be running)."""
+        client = self._client
+        if client is None:
+            return set(handles)
+        try:
+            processing = {key for keys in client.processing().values() for key in keys}
+        except Exception:  # cannot tell: count them as started
+            return set(handles)
+        return {handle for handle in handles if handle.key in processing}
+
+    # -- stopping ---------------------------------------------------------------------------
+    def _cancel_in_dask(self, handles: list[DaskFuture[Any]]) -> None:
+        """Cancel these tasks in Dask; their done callbacks then cancel our futures."""
+        client = self._client
+        if client is None or not handles:
+            return
+        with self._track_lock:
+            self._cancelling.update(handle.key for handle in handles)
+        client.cancel(handles)
+
+    def _cancel_unstarted(self) -> None:
+        with self._track_lock:
+            futures = list(self._unfinished)
+        started = self._started(future.handle for future in futures)
+        unstarted = [future for future in futures if future.handle not in started]
+        self._cancel_in_dask([future.handle for future in unstarted])
+        for future in unstarted:
+            future.cancel()  # at once, not when Dask calls back
+
+    def _drain_and_close(self) -> None:
+        with self._track_lock:
+            unfinished = list(self._unfinished)
+        cf.wait(unfinished)
+        self._fetch_unread()
+        self._close()
+
+    def _fetch_unread(self) -> None:
+        """Bring values nobody has read yet to this process, before the cluster goes away."""
+        with self._track_lock:
+            unread = [result for result in self._unread if result.unread]
+        client = self._client
+        if client is None or not unread:
+            return
+        try:
+            values = client.gather([result.handle for result in unread])
+        except Exception:  # one of them fails: find out which, one at a time
+            for result in unread:
+                result.fetch()
+            return
+        for result, value in zip(unread, values, strict=True):
+            result.keep(value)
+
+    def _close(self) -> None:
+        """Stop what we started, without waiting; tasks not finished fail."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+            cluster, self._cluster = self._cluster, None
+        _untrack(self)
+        with self._track_lock:
+            dropped = list(self._unfinished)
+            self._unfinished.clear()
+        for future in dropped:
+            try:
+                future.set_exception(ExecutorShutdownError(
+                    "the executor was shut down (or the program ended) before this task finished"
+                ))
+            except cf.InvalidStateError:
+                pass
+        if client is not None and cluster is None and self._plugin is not None:
+            try:  # later workers of a cluster we only joined need not run it
+                client.unregister_worker_plugin(self._plugin)
+            except Exception:
+                pass
+        self._release(client, cluster)
+        self._functions.clear()
+
+    @staticmethod
+    def _release(client: Client | None, cluster: _Cluster | None) -> None:
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.release()
+
+
+def _close_half_made_client(exc: BaseException) -> None:
+    """Close the client a failed ``Client(address)`` leaves behind, found in its traceback.
+
+    Dask keeps it alive (in reference cycles, with its event loop thread) and closes it
+    only when it is collected, at interpreter exit at the latest, when that close can no
+    longer run and hangs for twice the connect timeout.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        client = tb.tb_frame.f_locals.get("self")
+        if isinstance(client, Client):
+            client.close()
+            return
+        tb = tb.tb_next
+
+
+# -- the task on the worker ------------------------------------------------------------------
+def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
+         retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
+    """Run one task on a Dask worker; its value is pickled here, so Dask keeps and moves bytes."""
+    try:
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs)
+    except BaseException as exc:
+        # run_native raises from inside its handler, so the exception's __context__ leads
+        # back to itself; Dask pickles contexts (tblib) and would recurse forever.
+        exc.__context__ = None
+        raise
+    try:
+        return Pickled(dumps(value))
+    except Exception as exc:
+        raise unpicklable_result(fn_data, value, exc) from None
+
+
+def _retry_on(options: TaskOptions) -> Any:
+    """``retry_on`` for the task: builtins as they are, others by value like the arguments."""
+    retry_on = options.retry_on
+    if all(kind.__module__ == "builtins" for kind in retry_on):
+        return retry_on
+    return Pickled(dumps_value(retry_on, "the retry_on option"))
+
+
+# -- results and failures --------------------------------------------------------------------
+_UNREAD: Any = object()
+
+
+class _Result:
+    """A finished task's value: on the cluster until read (or fetched at shutdown)."""
+
+    __slots__ = ("handle", "_value", "_failure", "__weakref__")
+
+    def __init__(self, handle: DaskFuture[Any]) -> None:
+        self.handle = handle
+        self._value: Any = _UNREAD
+        self._failure: RemoteFailure | None = None
+
+    @property
+    def unread(self) -> bool:
+        return self._value is _UNREAD and self._failure is None
+
+    def read(self) -> Any:
+        """The value (the loader of ``Future.set_serialized_result``); works from any thread."""
+        if self._failure is not None:
+            raise self._failure
+        if self._value is not _UNREAD:
+            return self._value
+        try:
+            return self.handle.result()
+        except Exception as exc:
+            error = _engine_error(exc, self.handle, reading=True)
+            if error is None:
+                raise  # e.g. a value this process cannot unpickle
+            raise RemoteFailure(error) from None
+
+    def keep(self, value: Any) -> None:
+        self._value = value
+
+    def fetch(self) -> None:
+        try:
+            self._value = self.read()
+        except RemoteFailure as failure:
+            self._failure = failure
+
+
+def _fail(future: Future[Any], handle: DaskFuture[Any]) -> None:
+    """Complete ``future`` with its Dask task's failure: the task's own exception, or ours."""
+    exc = _exception_of(handle)
+    error = _engine_error(exc, handle, reading=False)
+    if error is None:
+        fail_from_engine(future, exc)
+        return
+    try:
+        future.set_exception(error)
+    except cf.InvalidStateError:
+        pass
+
+
+def _exception_of(handle: DaskFuture[Any]) -> BaseException:
+    """Why a Dask future failed, or why Dask cancelled it (we did not ask)."""
+    if handle.status == "error":
+        exc: BaseException = handle.exception()
+        return exc
+    try:
+        handle.result()
+    except cf.CancelledError as cancelled:
+        return cancelled
+    return cf.CancelledError()
+
+
+def _engine_error(exc: BaseException, handle: DaskFuture[Any], *,
+                  reading: bool) -> BaseException | None:
+    """Our error for a failure of Dask itself (Dask's as its cause); None for the task's own.
+
+    ``reading``: the task had finished, and fetching its value failed.
+    """
+    error: BaseException
+    closed = handle.client.status in ("closing", "closed")
+    if isinstance(exc, KilledWorker):
+        error = WorkerLostError(
+            f"Dask gave up on this task: the workers running it died too often ({exc}); "
+            "distributed.scheduler.allowed-failures sets how often it is rescheduled"
+        )
+    elif closed and (reading or isinstance(exc, cf.CancelledError)):
+        error = ExecutorShutdownError(
+            "the executor was shut down before this value was read; read it before shutdown()"
+        )
+    elif isinstance(exc, cf.CancelledError):
+        reason = str(getattr(exc, "reason", ""))
+        if "lost" in reason or "forgotten" in reason:
+            error = WorkerLostError(
+                "this value, or one this task needs, was lost with the worker holding it "
+                "(Dask recomputes task results, but not put objects: put it again)"
+            )
+        else:
+            error = cf.CancelledError("an input of this task was cancelled")
+    elif reading and isinstance(exc, OSError):
+        error = ClusterConnectionError(
+            f"lost touch with the Dask cluster while fetching this task's value: {exc}"
+        )
+    else:
+        return None
+    error.__cause__ = exc
+    return error
+
+
+# -- resources -----------------------------------------------------------------------------------
+def _resource_request(options: TaskOptions) -> dict[str, float] | None:
+    """The Dask worker resources a task asks for; None for a task that just takes a thread."""
+    request: dict[str, float] = {}
+    if options.cpus > 1:
+        request["CPU"] = options.cpus
+    if options.gpus > 0:
+        request["GPU"] = options.gpus
+    if options.memory is not None:
+        request["MEMORY"] = options.memory
+    request.update({name: amount for name, amount in (options.resources or {}).items()
+                    if amount > 0})
+    return request or None
+
+
+def _covers(offer: Mapping[str, float], request: Mapping[str, float]) -> bool:
+    return all(offer.get(name, 0) >= amount for name, amount in request.items())
+
+
+def _describe(resources: Mapping[str, float]) -> str:
+    if not resources:
+        return "no resources"
+    return ", ".join(f"{name}={format_bytes(int(amount)) if name == 'MEMORY' else f'{amount:g}'}"
+                     for name, amount in sorted(resources.items()))
+
+
+def _number_option(options: Mapping[str, Any], name: str, default: float, *,
+                   integer: bool = False) -> float:
+    value = options.get(name, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        wanted = "a positive integer" if integer else "a positive number of seconds"
+        raise InvalidOptionError(f"the dask option {name} must be {wanted}, got {value!r}")
+    return float(value)
+
+
+# -- worker plugins --------------------------------------------------------------------------------
+class _Initializer(WorkerPlugin):
+    """Runs an executor's ``initializer(*initargs)`` once in every worker process."""
+
+    def __init__(self, init_data: bytes) -> None:
+        self.init_data = init_data
+
+    async def setup(self, worker: Worker) -> None:
+        # in the thread that runs the tasks, so the worker answers its scheduler meanwhile
+        executor = worker.executors["default"]
+        await asyncio.get_running_loop().run_in_executor(executor, run_initializer,
+                                                         self.init_data)
+
+
+class _QuietTaskFailures(WorkerPlugin):
+    """Stops embedded workers from logging each failed task: the caller gets the exception."""
+
+    name = "unidist-api-quiet-task-failures"  # one per cluster
+    idempotent = True
+
+    def setup(self, worker: Worker) -> None:
+        logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
+
+
+# -- embedded clusters -----------------------------------------------------------------------------
+class _Cluster:
+    """An embedded ``LocalCluster`` and how many executors use it."""
+
+    _shared: ClassVar[dict[tuple[int, int], _Cluster]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, workers: int, threads: int, key: tuple[int, int] | None) -> None:
+        self.resources = _embedded_resources(workers, threads)
+        self.key = key
+        self.users = 0
+        _keep_main_out_of_workers()
+        self.cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+            dashboard_address=None, memory_limit=int(self.resources["MEMORY"]),
+            resources=self.resources, silence_logs=logging.WARNING,
+            # the scheduler's HTTP endpoints (health, metrics) would take port 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+
+    @classmethod
+    def acquire(cls, workers: int, threads: int, *, private: bool) -> _Cluster:
+        """A cluster of this shape: a new one if ``private``, else the shared one."""
+        with cls._lock:
+            key = None if private else (workers, threads)
+            cluster = cls._shared.get(key) if key is not None else None
+            if cluster is None:
+                cluster = cls(workers, threads, key)
+                if key is not None:
+                    cls._shared[key] = cluster
+            cluster.users += 1
+            return cluster
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the cluster."""
+        with self._lock:
+            self.users -= 1
+            if self.users:
+                return
+            if self.key is not None and self._shared.get(self.key) is self:
+                del self._shared[self.key]
+        self.cluster.close()
+
+
+def _embedded_resources(workers: int, threads: int) -> dict[str, float]:
+    """What each embedded worker declares: its threads, and Dask's default memory share."""
+    return {"CPU": float(threads), "MEMORY": float(MEMORY_LIMIT // workers)}
+
+
+_WORKER_PROCESS = "Dask Worker process"  # how Dask's Nanny names the processes it spawns
+
+
+def _keep_main_out_of_workers() -> None:
+    """Spawn Dask's worker processes without re-running this program's ``__main__``."""
+    spawn: Any = multiprocessing.spawn
+    if getattr(spawn.get_preparation_data, "keeps_main_out", False):
+        return
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name.startswith(_WORKER_PROCESS):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data.keeps_main_out = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
+# -- nothing we started outlives the interpreter ---------------------------------------------------
+_open: set[DaskBackend] = set()
+_open_lock = threading.Lock()
+_exit_hook = False
+
+
+def _track(backend: DaskBackend) -> None:
+    """Stop ``backend`` at interpreter exit unless it is closed before.
+
+    The hook runs with threading's exit hooks, before ``atexit`` handlers (which would
+    wait for running tasks) and before Dask's callback thread is stopped.
+    """
+    global _exit_hook
+    with _open_lock:
+        _open.add(backend)
+        if not _exit_hook:
+            _exit_hook = True
+            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
+
+
+def _untrack(backend: DaskBackend) -> None:
+    with _open_lock:
+        _open.discard(backend)
+
+
+def _close_all() -> None:
+    with _open_lock:
+        backends = list(_open)
+    for backend in backends:
+        try:
+            backend._close()
+        except Exception:  # stop the others all the same
+            logging.getLogger(__name__).warning("stopping a dask executor failed", exc_info=True)
