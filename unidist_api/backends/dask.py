@@ -104,7 +104,7 @@ from ..errors import (
 from ..futures import Future, RemoteFailure
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value
 from ..task import DEFAULT_OPTIONS, TaskOptions
-from ..worker import unpicklable_result, run_initializer, run_native
+from ..worker import run_initializer, run_native, unpicklable_result
 from .base import Backend, Task, fail_from_engine, prepare_native
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
