@@ -30,6 +30,7 @@ class _Entry:
 _registry: dict[str, _Entry] = {
     "dask": _Entry("unidist_api.backends.dask:DaskBackend", "dask"),
     "local": _Entry("unidist_api.backends.local:LocalBackend", None),
+    "ray": _Entry("unidist_api.backends.ray:RayBackend", "ray"),
     "serial": _Entry("unidist_api.backends.serial:SerialBackend", None),
 }
 _entry_points_loaded = False

@@ -40,19 +40,21 @@ def dumps_for_workers(obj: Any) -> bytes:
 
 
 _seen_modules: set[str] = set()
+_START_DIR = os.path.abspath(os.getcwd())  # the program's directory, not a later chdir
 _modules_seen = [0]  # len(sys.modules) at the last scan: rescan only when it changed
 
 
 def ship_local_modules_by_value() -> None:
     """Pickle the user's own modules by value, so workers need not import them.
 
-    A module counts as the user's own when its file lies under the current directory
-    or the running script's directory, outside any installed environment: a script's
-    sibling modules, test modules. Modules of this package are always imported.
+    A module counts as the user's own when its file lies under the directory the
+    program started in or the running script's directory, outside any installed
+    environment: a script's sibling modules, test modules. Modules of this package
+    are always imported.
     """
     import cloudpickle
 
-    roots = {os.path.abspath(os.getcwd())}
+    roots = {_START_DIR}
     if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]):
         roots.add(os.path.dirname(os.path.abspath(sys.argv[0])))
     installed = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}

@@ -1,0 +1,768 @@
+"""``ray``: tasks run on Ray, either a private local Ray we start or a cluster we join.
+
+Where it runs. Without an address (ours, or Ray's own ``RAY_ADDRESS`` environment
+variable when ours is unset) the first task starts a private local Ray (``address=
+"local"`` semantics: never attach to a Ray someone else started) with ``num_cpus =
+workers`` (default ``os.cpu_count()``), no dashboard, usage stats off, every process of
+it bound to 127.0.0.1, and we stop it again, at the latest at interpreter exit. With
+an address (``"auto"``, ``"host:port"``, ``"ray://host:10001"``) we connect, and
+``shutdown()`` only disconnects: we never stop a cluster we did not start. If the
+program already called ``ray.init()`` itself, that connection is used and left alone.
+
+Connecting. ``ray.init`` retries an unreachable address for minutes, so we first check
+that the address accepts a TCP connection, then give ``ray.init`` the rest of
+``connect_timeout``. A cluster started with ``ray start --head`` requires a token since
+Ray 2.60, which Ray sends by itself only for ``"auto"``: we send it whenever one is
+available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``; a
+cluster without authentication ignores it), and when none is, the error says so.
+
+One Ray per process. Ray allows one ``ray.init`` per process, yet several executors
+may exist at once, so every ``RayBackend`` shares one :class:`_Runtime`, counted: the
+last executor to shut down stops what we started. Two executors asking for different
+clusters at once are refused. ``workers`` sizes the private Ray only for the executor
+that starts it; one that joins it later keeps its own ``workers`` for sizing map and
+pipeline buffers, but its tasks share that Ray's CPUs.
+
+Tasks. All tasks are calls of one remote function, :func:`_run_task` (created once per
+runtime, with one ``.options()`` variant cached per distinct task options), which
+runs :func:`~unidist_api.worker.run_native`. Futures and ``put`` handles among the
+arguments travel as top-level ``ObjectRef`` arguments, so Ray moves the values worker
+to worker; a future of another backend is passed as its value. ``retries`` counts
+application errors inside ``run_native`` (per item, fresh copies of the arguments,
+``retry_on`` filter), so Ray's ``retry_exceptions`` is off and its ``max_retries`` (the
+same count) covers only lost workers. ``cpus``, ``gpus``, ``memory`` (bytes) and
+``resources`` become Ray's ``num_cpus``, ``num_gpus``, ``memory`` and ``resources``; a
+request no node of the cluster could ever satisfy is refused at submit.
+
+Serialization. Every value that crosses Ray (results, ``put`` objects, task
+exceptions, ``retry_on``) is pickled by our cloudpickle, not Ray's own copy of it, and
+travels as a :class:`~unidist_api.serialization.Pickled`: a class the workers got by
+value (defined in ``__main__`` or a test module) then comes back as the caller's very
+class, and an unpicklable value is named in a :class:`SerializationError`. The price:
+Ray's zero-copy transfer of large NumPy buffers does not apply.
+
+Completion. Ray calls ``ObjectRef._on_ready`` callbacks, which do not fetch the
+value, on its I/O thread; they only queue the future for one completer thread per
+runtime (no thread per future), which completes it with the ``ObjectRef`` itself: the
+value is fetched on the first ``result()``, so a result passed on to another task never
+visits the caller. Ray releases without ``_on_ready`` are watched by the same thread
+with ``ray.wait(fetch_local=False)``. Before we stop a Ray we started, the results the
+program still holds are fetched, so ``result()`` works after ``shutdown()``; after
+that we make no Ray call, which would start (or join) another Ray by itself.
+
+Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
+and is shared by every executor of the process, so ``initializer(*initargs)`` instead
+runs inside the first task of this executor that a worker process runs, once per
+process and executor, before the task (a worker that never runs one of its tasks never
+runs it). If it raises, that task fails with its exception, and the next task on that
+worker tries again.
+
+Cancel. ``cancel()`` is always False, as on ``serial``: Ray cannot tell which tasks
+have not started, and ``ray.cancel`` can crash the calling process when it lands while
+the task finishes (a race in Ray's task manager, ray-project/ray#54846), which is
+exactly when map and pipeline cancel what they no longer need. Tasks not started
+still run and their results are dropped; ``shutdown(cancel_futures=True)`` therefore
+waits for them too when ``wait=True``.
+
+Backend options:
+
+- ``connect_timeout`` (seconds, default 30): how long connecting to an address may
+  take before :class:`~unidist_api.errors.ClusterConnectionError` (which names the
+  address) is raised; an address nothing listens on fails at once.
+- ``runtime_env`` (dict): Ray's runtime environment for this executor's tasks, e.g.
+  ``{"env_vars": {"OMP_NUM_THREADS": "1"}}`` or ``{"pip": [...]}``; Ray runs such
+  tasks in worker processes of their own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import contextlib
+import functools
+import logging
+import math
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import ray
+import ray.exceptions as rex
+from ray._private import ray_constants
+
+from ..errors import (
+    BackendNotInstalledError,
+    ClusterConnectionError,
+    ExecutorShutdownError,
+    InvalidOptionError,
+    TaskError,
+    UnidistError,
+    UnsupportedOptionError,
+    WorkerLostError,
+)
+from ..futures import Future, RemoteFailure
+from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
+from ..task import TaskOptions
+from ..worker import failure_details, run_initializer, run_native, unpicklable_result
+from .base import Backend, Task, prepare_native
+
+__all__ = ["RayBackend"]
+
+NODES_MAX_AGE = 60.0  # seconds the cluster's node resources are cached
+INLINE_INIT_BYTES = 64 * 1024  # a larger initializer pickle goes to the object store once
+WAIT_SLICE = 0.05  # without _on_ready: longest delay before a new task is watched
+
+
+class RayBackend(Backend):
+    name = "ray"
+    takes_address = True
+    option_names = frozenset({"connect_timeout", "runtime_env"})
+
+    def __init__(self, *, address: str | None, workers: int | None,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 options: Mapping[str, Any]) -> None:
+        super().__init__(address=address, workers=workers, initializer=initializer,
+                         initargs=initargs, options=options)
+        self.connect_timeout = _positive_seconds(options.get("connect_timeout", 30.0))
+        runtime_env = options.get("runtime_env")
+        if runtime_env is not None and not isinstance(runtime_env, Mapping):
+            raise InvalidOptionError(
+                f"runtime_env must be a dict (Ray's runtime environment), got {runtime_env!r}"
+            )
+        self._runtime_env = dict(runtime_env) if runtime_env else None
+        self._lock = threading.Lock()
+        self._runtime: _Runtime | None = None
+        self._functions = FunctionCache()
+        self._calls: dict[TaskOptions, tuple[Any, Pickled]] = {}
+        self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
+
+    # -- where it runs -----------------------------------------------------------------
+    def target(self) -> str | None:
+        """The address to connect to (ours, else ``RAY_ADDRESS``); None: a private Ray."""
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        return None if address == "local" else address
+
+    def _get_runtime(self) -> _Runtime:
+        runtime = self._runtime
+        if runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    self._runtime = _acquire(self.target(), self._workers, self.connect_timeout)
+                runtime = self._runtime
+        return runtime
+
+    @property
+    def workers(self) -> int:
+        if self._workers:
+            return self._workers
+        if self._runtime is None and self.target() is None and not ray.is_initialized():
+            return os.cpu_count() or 1
+        return max(1, int(self._get_runtime().total("CPU")))
+
+    def describe(self) -> dict[str, Any]:
+        runtime = self._get_runtime()
+        nodes = runtime.nodes(max_age=0)
+        totals = {name: runtime.total(name) for name in ("CPU", "GPU", "memory")}
+        return {
+            "address": runtime.where,
+            "workers": self.workers,
+            "nodes": len(nodes),
+            "resources": _describe_resources(totals),
+            "ray": ray.__version__,
+        }
+
+    # -- Backend interface -------------------------------------------------------------
+    def check_options(self, options: TaskOptions) -> None:
+        if options.timeout is not None:
+            raise UnsupportedOptionError(
+                f"the task option timeout={options.timeout!r} is not supported by the 'ray' "
+                "backend in this release; remove it, or enforce the limit inside the task"
+            )
+        builtin = sorted(set(options.resources or ()) & set(_OPTION_OF))
+        if builtin:
+            raise UnsupportedOptionError(
+                f"resources={options.resources!r} names {', '.join(builtin)}, which Ray "
+                f"schedules itself: use the task options "
+                f"{', '.join(_OPTION_OF[name] + '=' for name in builtin)} instead"
+            )
+        needs = _needs(options)
+        runtime = self._get_runtime()
+        if needs and not runtime.fits(needs):
+            asked = ", ".join(f"{_OPTION_OF.get(name, name)}={amount!r}"
+                              for name, amount in needs.items())
+            raise UnsupportedOptionError(
+                f"the task asks for {asked}, but no node of {runtime.where} could ever "
+                "run it: "
+                f"{runtime.largest_offer(needs)}. Ask for less, or add a node that has it"
+            )
+
+    def submit(self, task: Task) -> Future[Any]:
+        fn_data, payload, inputs = prepare_native(task, self._functions)
+        runtime = self._get_runtime()
+        future: Future[Any] = Future(self)
+        try:
+            handles = [self._input(runtime, dep) for dep in inputs]
+        except BaseException as exc:  # an input of another backend failed: so does this task
+            future.set_exception(exc)
+            return future
+        call, retry_on = self._call(runtime, task.options)
+        future.handle = call.remote(self._initializer(), fn_data, payload, task.mode,
+                                    task.options.retries, retry_on, *handles)
+        runtime.watch(future)
+        return future
+
+    def put(self, obj: Any) -> Future[Any]:
+        data = dumps_value(obj, "the object passed to put")
+        runtime = self._get_runtime()
+        future: Future[Any] = Future(self, handle=ray.put(Pickled(data)))
+        future.set_serialized_result(future.handle, _load)
+        runtime.unread.add(future)
+        return future
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Never: Ray cannot cancel safely (see the module doc), so tasks always run."""
+        return False
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            runtime, self._runtime = self._runtime, None
+        if runtime is None:
+            return
+        mine = runtime.unfinished(self)
+        if wait:
+            cf.wait(mine)
+        self._calls.clear()
+        self._functions.clear()
+        _release(runtime)
+
+    # -- internals ---------------------------------------------------------------------
+    def _input(self, runtime: _Runtime, dep: Future[Any]) -> Any:
+        """What stands for an input future among the task's arguments."""
+        if (isinstance(dep._backend, RayBackend) and dep._backend._runtime is runtime
+                and dep.handle is not None):
+            return dep.handle  # an ObjectRef: Ray resolves it on the worker
+        cf.wait([dep])
+        data = dep.serialized_result()  # raises the input's exception if it failed
+        if data is None:
+            data = dumps_value(dep.result(), "the value of an input future")
+        return Pickled(data)
+
+    def _call(self, runtime: _Runtime, options: TaskOptions) -> tuple[Any, Pickled]:
+        """The remote function with Ray options for ``options``, and the pickled retry_on."""
+        call = self._calls.get(options)
+        if call is None:
+            ray_options: dict[str, Any] = {
+                "num_cpus": options.cpus, "max_retries": options.retries,
+                "retry_exceptions": False,
+            }
+            if options.gpus:
+                ray_options["num_gpus"] = options.gpus
+            if options.memory is not None:
+                ray_options["memory"] = options.memory
+            if options.resources:
+                ray_options["resources"] = dict(options.resources)
+            if self._runtime_env:
+                ray_options["runtime_env"] = self._runtime_env
+            retry_on = Pickled(dumps_value(options.retry_on, "the retry_on exception classes"))
+            call = self._calls[options] = (runtime.remote.options(**ray_options), retry_on)
+        return call
+
+    def _initializer(self) -> tuple[str, Any] | None:
+        """``(token, initializer pickle)`` for :func:`_run_task`, or None without one."""
+        data = self.init_data
+        if data is None:
+            return None
+        with self._lock:
+            if self._init is None:
+                self._init = (uuid.uuid4().hex,
+                              data if len(data) <= INLINE_INIT_BYTES else ray.put(data))
+            return self._init
+
+
+# -- the process's one Ray -------------------------------------------------------------
+class _Runtime:
+    """Our use of the process's Ray, shared by every RayBackend and counted.
+
+    ``target`` is the address connected to (None: the private local Ray); ``ours``
+    says we called ``ray.init`` and so call ``ray.shutdown``. All its state is
+    guarded by the module's ``_lock``.
+    """
+
+    def __init__(self, target: str | None, ours: bool) -> None:
+        self.target = target
+        self.ours = ours
+        self.users = 0
+        self.closed = False
+        self.closing = False  # no users left; close when the last pending task finishes
+        self.pending: set[Future[Any]] = set()
+        self.unread: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # values still in Ray
+        self.remote = ray.remote(_run_task)
+        self.completer = _Completer(self.complete)
+        self._nodes: list[dict[str, float]] = []
+        self._nodes_at = -math.inf
+
+    @property
+    def where(self) -> str:
+        if not self.ours:
+            return "the Ray this program started with ray.init()"
+        return self.target or "a private local Ray on 127.0.0.1"
+
+    def watch(self, future: Future[Any]) -> None:
+        with _lock:
+            self.pending.add(future)
+        self.completer.watch(future)
+
+    def unfinished(self, backend: RayBackend) -> list[Future[Any]]:
+        with _lock:
+            return [future for future in self.pending if future._backend is backend]
+
+    def complete(self, future: Future[Any], error: BaseException | None) -> None:
+        """Complete ``future``, whose ObjectRef is ready (``error``: Ray could not wait)."""
+        with _lock:
+            self.pending.discard(future)
+            close = self.closing and not self.pending
+        try:
+            if error is None:
+                future.set_serialized_result(future.handle, _load)
+                self.unread.add(future)
+            else:
+                future.set_exception(_engine_error(error))
+        except cf.InvalidStateError:  # failed by an exiting interpreter meanwhile
+            pass
+        if close:
+            _close(self)
+
+    # -- the cluster's resources ----------------------------------------------------
+    def nodes(self, max_age: float = NODES_MAX_AGE) -> list[dict[str, float]]:
+        """The resources of each live node, cached for ``max_age`` seconds."""
+        now = time.monotonic()
+        if now - self._nodes_at > max_age:
+            nodes = ray.nodes()  # type: ignore[no-untyped-call]
+            self._nodes = [dict(node["Resources"]) for node in nodes if node["Alive"]]
+            self._nodes_at = now
+        return self._nodes
+
+    def total(self, name: str) -> float:
+        return sum(node.get(name, 0.0) for node in self.nodes())
+
+    def fits(self, needs: dict[str, float]) -> bool:
+        """Whether some live node has all of ``needs`` (refreshed once before saying no)."""
+        for max_age in (NODES_MAX_AGE, 1.0):
+            if any(all(node.get(name, 0.0) >= amount for name, amount in needs.items())
+                   for node in self.nodes(max_age)):
+                return True
+        return False
+
+    def largest_offer(self, needs: dict[str, float]) -> str:
+        best = {name: max((node.get(name, 0.0) for node in self.nodes()), default=0.0)
+                for name in ("CPU", "GPU", "memory", *needs)}
+        return "the most any node has is " + _describe_resources(best)
+
+
+_lock = threading.RLock()
+_current: _Runtime | None = None
+_exit_hook_registered = False
+
+
+def _acquire(target: str | None, workers: int | None, timeout: float) -> _Runtime:
+    """The process's runtime for ``target``, started or connected on first need."""
+    global _current
+    with _lock:
+        runtime = _current
+        if runtime is None or runtime.closed:
+            runtime = _current = _open(target, workers, timeout)
+        elif runtime.ours and runtime.target != target:
+            want = target or "a private local Ray"
+            raise InvalidOptionError(
+                f"this process already uses {runtime.where} through another 'ray' executor, "
+                f"and Ray allows one connection per process, so it cannot also use {want}; "
+                "shut the other ray executors down first, or give them the same address"
+            )
+        runtime.users += 1
+        runtime.closing = False
+        return runtime
+
+
+def _release(runtime: _Runtime) -> None:
+    """One executor less; the last one stops the runtime once its tasks are done."""
+    with _lock:
+        if runtime.closed:
+            return
+        runtime.users -= 1
+        if runtime.users > 0:
+            return
+        if runtime.pending:  # shutdown(wait=False): its tasks still run, then Ray stops
+            runtime.closing = True
+            return
+    _close(runtime)
+
+
+def _close(runtime: _Runtime, *, exiting: bool = False) -> None:
+    """Stop using Ray: fail unfinished futures, and stop Ray if we started it."""
+    with _lock:
+        if runtime.closed or (runtime.users and not exiting):
+            return
+        runtime.closed = True
+        dropped = list(runtime.pending)
+        runtime.pending.clear()
+        runtime.completer.stop()
+        if not exiting:  # results the program still holds stay readable
+            for future in list(runtime.unread):
+                future.exception()
+        if runtime.ours:
+            ray.shutdown(wait_for_processes=True)
+    for future in dropped:
+        if not future.done():
+            error = ExecutorShutdownError("the executor was shut down before this task finished")
+            with contextlib.suppress(cf.InvalidStateError):
+                future.set_exception(error)
+
+
+def _at_exit() -> None:
+    """Registered after ``import ray``, so it runs before Ray's own exit hook."""
+    runtime = _current
+    if runtime is not None:
+        _close(runtime, exiting=True)
+
+
+def _open(target: str | None, workers: int | None, timeout: float) -> _Runtime:
+    global _exit_hook_registered
+    if ray.is_initialized():  # the program's own ray.init(): use it, never stop it
+        runtime = _Runtime(None, ours=False)
+    elif target is None:
+        _start_local(workers)
+        runtime = _Runtime(None, ours=True)
+    else:
+        _connect(target, timeout)
+        runtime = _Runtime(target, ours=True)
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        atexit.register(_at_exit)
+    return runtime
+
+
+def _start_local(workers: int | None) -> None:
+    """Start the private local Ray, every process of it bound to 127.0.0.1."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    with _loopback_only():
+        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
+                 include_dashboard=False, logging_level=logging.ERROR)
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make Ray choose 127.0.0.1 as this node's address while it starts.
+
+    Ray maps ``127.0.0.1`` given as ``_node_ip_address`` to the machine's network
+    address unless clustering is disabled (its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    setting, read at import), in which case it uses the loopback address; we disable
+    it only while our node starts, so a later connection to a cluster is unaffected.
+    """
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _connect(address: str, timeout: float) -> None:
+    """``ray.init(address)`` within ``timeout`` seconds, or ClusterConnectionError.
+
+    Ray retries an unreachable address for minutes, so we first check that something
+    listens there, then let ``ray.init`` run in a thread we stop waiting for in time.
+    """
+    deadline = time.monotonic() + timeout
+    _probe(address, timeout)
+    has_token = _use_available_token()
+    outcome: list[BaseException | None] = []
+    abandoned = threading.Event()
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.ERROR)
+        except BaseException as exc:
+            outcome.append(exc)
+            return
+        outcome.append(None)
+        if abandoned.is_set():  # too late: the caller has given up on this connection
+            ray.shutdown()
+
+    thread = threading.Thread(target=connect, name="unidist-api-ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if not outcome:
+        abandoned.set()
+        raise ClusterConnectionError(
+            f"could not connect to the Ray cluster at {address!r} within {timeout:g} s: "
+            "something listens there, but it did not complete Ray's handshake. Check the "
+            "address (the head's GCS port, 6379 by default) and, if the cluster uses token "
+            "authentication, the token; or raise connect_timeout"
+        )
+    error = outcome[0]
+    if error is None:
+        return
+    if isinstance(error, ValueError) and "ray[client]" in str(error):
+        raise BackendNotInstalledError(
+            f"connecting to {address!r} needs the Ray Client: "
+            'pip install "ray[client]"'
+        ) from error
+    if _is_auth_failure(error):
+        problem = ("refused our token" if has_token else
+                   "requires token authentication, and no token was found")
+        raise ClusterConnectionError(
+            f"the Ray cluster at {address!r} {problem}. Provide the cluster's token "
+            "(`ray get-auth-token` on the head prints it) in RAY_AUTH_TOKEN, in a file "
+            "named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token"
+        ) from error
+    raise ClusterConnectionError(
+        f"could not connect to the Ray cluster at {address!r}: {error}"
+    ) from error
+
+
+def _use_available_token() -> bool:
+    """Send our token to the cluster when one is available; whether one is.
+
+    Ray does this by itself only for ``address="auto"``; with an explicit address it
+    connects without the token and fails with a misleading "Failed to connect" when
+    the cluster requires one (``ray start --head`` does since Ray 2.60). A token sent
+    to a cluster without authentication is ignored. ``RAY_AUTH_MODE``, when set, wins.
+    """
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:  # a Ray without token authentication
+        return False
+    log = logging.getLogger(setup.__name__)
+    level = log.level
+    log.setLevel(logging.ERROR)  # Ray announces it with a warning
+    try:
+        return bool(setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+    finally:
+        log.setLevel(level)
+
+
+def _is_auth_failure(error: BaseException) -> bool:
+    """Whether ``ray.init`` failed because the cluster refused us (no or a wrong token)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Raise ClusterConnectionError if nothing accepts a connection at ``address``."""
+    host, _, port = address.rpartition("://")[2].rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray finds the address itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterConnectionError(
+            f"cannot reach the Ray cluster at {address!r}: {exc}. Check that the cluster "
+            "runs (`ray status` on its head) and the address"
+        ) from exc
+
+
+# -- completion --------------------------------------------------------------------------
+class _Completer:
+    """One thread completing futures as their ObjectRefs become ready.
+
+    ``ObjectRef._on_ready`` calls back on Ray's I/O thread, where user code (a done
+    callback may call ``result()``, i.e. ``ray.get``) must not run, so the callback only
+    queues the future. Without ``_on_ready`` the thread watches refs with ``ray.wait``.
+    """
+
+    def __init__(self, complete: Callable[[Future[Any], BaseException | None], None]) -> None:
+        self._complete = complete
+        self._queue: queue.SimpleQueue[tuple[Future[Any], object] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="unidist-api-ray-completer", daemon=True).start()
+
+    def watch(self, future: Future[Any]) -> None:
+        if _HAS_ON_READY:
+            future.handle._on_ready(functools.partial(self._ready, future))
+        else:
+            self._queue.put((future, _WATCH))
+
+    def _ready(self, future: Future[Any], error: BaseException | None) -> None:
+        self._queue.put((future, error))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        watched: dict[Any, Future[Any]] = {}  # only without _on_ready
+        while True:
+            items = [] if watched else [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            for item in items:
+                if item is None:
+                    return
+                future, error = item
+                if error is _WATCH:
+                    watched[future.handle] = future
+                else:
+                    self._complete(future, error)  # type: ignore[arg-type]
+            if watched:
+                try:
+                    ready = _wait_some(list(watched))
+                except Exception:  # Ray was shut down under us
+                    return
+                for ref in ready:
+                    self._complete(watched.pop(ref), None)
+
+
+_HAS_ON_READY = hasattr(ray.ObjectRef, "_on_ready")
+_WATCH = object()
+
+
+def _wait_some(refs: list[Any]) -> list[Any]:
+    """The refs ready within WAIT_SLICE seconds (all that are, once one is)."""
+    ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_SLICE, fetch_local=False)
+    if ready and len(refs) > 1:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    return list(ready)
+
+
+def _load(ref: Any) -> Any:
+    """A task's value, fetched on the first ``result()``; a failure as RemoteFailure."""
+    if not ray.is_initialized():  # else ray.get would start or join some other Ray
+        raise RemoteFailure(ExecutorShutdownError(
+            "Ray was stopped (at interpreter exit) before this result was fetched"
+        ))
+    try:
+        return ray.get(ref)
+    except rex.RaySystemError as err:
+        if isinstance(err.client_exc, Exception):  # the value could not be unpickled here
+            raise err.client_exc from err
+        raise _task_error(err, ref) from None
+    except rex.RayError as err:
+        raise _task_error(err, ref) from None
+
+
+def _task_error(err: BaseException, ref: Any) -> RemoteFailure:
+    """What ``ray.get`` raised, as the task's own failure or one of our errors."""
+    if isinstance(err, rex.RayTaskError):
+        cause = err.cause
+        if isinstance(cause, _TaskFailed):
+            return cause.failure(ref)
+        if isinstance(cause, rex.RayError):  # e.g. an input of the task was lost
+            return _task_error(cause, ref)
+        if isinstance(cause, BaseException):  # Ray's own code on the worker failed
+            return RemoteFailure(cause, str(err))  # Ray's text holds the remote traceback
+    return RemoteFailure(_engine_error(err))
+
+
+def _engine_error(err: BaseException) -> BaseException:
+    """A Ray failure that is not the task's own, as one of our errors (cause: Ray's)."""
+    mapped: BaseException
+    if isinstance(err, rex.TaskCancelledError):
+        mapped = cf.CancelledError("Ray cancelled this task (or one of its inputs)")
+    elif isinstance(err, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError,
+                          rex.LocalRayletDiedError, rex.OutOfMemoryError)):
+        mapped = WorkerLostError(
+            f"Ray lost the worker (or the node, or the object) of this task more often than "
+            f"its retries allow: {type(err).__name__}: {err}"
+        )
+    elif isinstance(err, rex.RaySystemError):
+        mapped = ExecutorShutdownError(f"Ray stopped before this task finished: {err}")
+    else:
+        mapped = UnidistError(f"Ray could not run this task: {type(err).__name__}: {err}")
+    mapped.__cause__ = err
+    return mapped
+
+
+# -- on the worker -------------------------------------------------------------------------
+def _run_task(init: tuple[str, Any] | None, fn_data: bytes, payload: bytes, mode: int,
+              retries: int, retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
+    """The one remote function: initializer, then the task, then its pickled value."""
+    try:
+        if init is not None:
+            _initialize(*init)
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs)
+    except (Exception, SystemExit) as exc:
+        raise _TaskFailed.carrying(exc) from None
+    try:
+        return Pickled(dumps(value))
+    except Exception as exc:
+        raise _TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
+
+
+_initialized: set[str] = set()  # tokens of the executors whose initializer ran in this process
+
+
+def _initialize(token: str, data: Any) -> None:
+    if token not in _initialized:
+        run_initializer(data if isinstance(data, bytes) else ray.get(data))
+        _initialized.add(token)
+
+
+class _TaskFailed(Exception):
+    """A task's exception on its way through Ray, pickled by our cloudpickle.
+
+    ``task`` is the failing task's id: a task that fails because an input failed
+    carries that input's failure, whose batch results are not its own.
+    """
+
+    def __init__(self, data: bytes, task: str) -> None:
+        super().__init__(data, task)
+        self.data, self.task = data, task
+
+    @classmethod
+    def carrying(cls, exc: BaseException) -> _TaskFailed:
+        state = exc.__dict__
+        if "_ua_traceback" not in state:  # raised outside run_native (the initializer)
+            state["_ua_traceback"] = "".join(traceback.format_exception(exc))
+        try:
+            data = dumps(exc)
+            loads(data)
+        except Exception:
+            data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
+        return cls(data, ray.get_runtime_context().get_task_id() or "")
+
+    def failure(self, ref: Any) -> RemoteFailure:
+        exc = loads(self.data)
+        tb, partial = failure_details(exc)
+        if ref is None or ref.task_id().hex() != self.task:
+            partial = None
+        return RemoteFailure(exc, tb, partial)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+_OPTION_OF = {"CPU": "cpus", "GPU": "gpus", "memory": "memory"}  # Ray's names: our options
+
+
+def _needs(options: TaskOptions) -> dict[str, float]:
+    """The Ray resources a task with ``options`` needs, by Ray's names."""
+    needs: dict[str, float] = {"CPU": options.cpus, "GPU": options.gpus,
+                               "memory": options.memory or 0}
+    needs.update(options.resources or {})
+    return {name: amount for name, amount in needs.items() if amount}
+
+
+def _describe_resources(amounts: Mapping[str, float]) -> str:
+    parts = []
+    for name, amount in amounts.items():
+        if name in ("memory", "object_store_memory"):
+            parts.append(f"{name}={amount / 2**30:.1f} GiB")
+        else:
+            parts.append(f"{name}={amount:g}")
+    return ", ".join(parts)
+
+
+def _positive_seconds(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise InvalidOptionError(f"connect_timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
