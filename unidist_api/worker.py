@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .arguments import replace_instances
 from .errors import SerializationError, TaskError
 from .serialization import dumps, loads
 
@@ -155,16 +156,7 @@ class Input:
 
 
 def _fill(obj: Any, values: tuple[Any, ...]) -> Any:
-    if type(obj) is Input:
-        return values[obj.index]
-    kind = type(obj)
-    if kind is dict:
-        return {key: _fill(value, values) for key, value in obj.items()}
-    if kind is list:
-        return [_fill(value, values) for value in obj]
-    if kind is tuple:
-        return tuple(_fill(value, values) for value in obj)
-    return obj
+    return replace_instances(obj, Input, lambda placeholder: values[placeholder.index])
 
 
 def _prepare(failed: _Failed) -> BaseException:

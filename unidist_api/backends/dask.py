@@ -80,6 +80,7 @@ import functools
 import logging
 import multiprocessing.spawn
 import os
+import socket
 import threading
 import uuid
 import weakref
@@ -256,6 +257,7 @@ class DaskBackend(Backend):
 
     def _connect(self, address: str) -> Client:
         timeout = self._connect_timeout
+        _check_listening(address, timeout)
         try:
             return Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -426,6 +428,22 @@ def _close_half_made_client(exc: BaseException) -> None:
 
 
 # -- the task on the worker ------------------------------------------------------------------
+def _check_listening(address: str, timeout: float) -> None:
+    """Fail at once, not after ``connect_timeout``, when nothing listens at a tcp address."""
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterConnectionError(
+            f"cannot reach the Dask scheduler at {address}: {exc}; check that it is running "
+            "(`dask scheduler`) and reachable from here"
+        ) from exc
+
+
 def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
          retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
     """Run one task on a Dask worker; its value is pickled here, so Dask keeps and moves bytes."""
