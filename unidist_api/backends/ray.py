@@ -45,8 +45,7 @@ Completion. Ray calls ``ObjectRef._on_ready`` callbacks, which do not fetch the
 value, on its I/O thread; they only queue the future for one completer thread per
 runtime (no thread per future), which completes it with the ``ObjectRef`` itself: the
 value is fetched on the first ``result()``, so a result passed on to another task never
-visits the caller. Ray releases without ``_on_ready`` are watched by the same thread
-with ``ray.wait(fetch_local=False)``. Before we stop a Ray we started, the results the
+visits the caller. Before we stop a Ray we started, the results the
 program still holds are fetched, so ``result()`` works after ``shutdown()``; after
 that we make no Ray call, which would start (or join) another Ray by itself.
 
@@ -117,7 +116,6 @@ __all__ = ["RayBackend"]
 
 NODES_MAX_AGE = 60.0  # seconds the cluster's node resources are cached
 INLINE_INIT_BYTES = 64 * 1024  # a larger initializer pickle goes to the object store once
-WAIT_SLICE = 0.05  # without _on_ready: longest delay before a new task is watched
 
 
 class RayBackend(Backend):
@@ -576,21 +574,20 @@ def _probe(address: str, timeout: float) -> None:
 class _Completer:
     """One thread completing futures as their ObjectRefs become ready.
 
-    ``ObjectRef._on_ready`` calls back on Ray's I/O thread, where user code (a done
-    callback may call ``result()``, i.e. ``ray.get``) must not run, so the callback only
-    queues the future. Without ``_on_ready`` the thread watches refs with ``ray.wait``.
+    ``ObjectRef._on_ready`` calls back on Ray's I/O thread without fetching the value;
+    user code (a done callback may call ``result()``, i.e. ``ray.get``) must not run
+    there, so the callback only queues the future for this thread.
     """
 
     def __init__(self, complete: Callable[[Future[Any], BaseException | None], None]) -> None:
         self._complete = complete
-        self._queue: queue.SimpleQueue[tuple[Future[Any], object] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Future[Any], BaseException | None] | None] = (
+            queue.SimpleQueue()
+        )
         threading.Thread(target=self._run, name="unidist-api-ray-completer", daemon=True).start()
 
     def watch(self, future: Future[Any]) -> None:
-        if _HAS_ON_READY:
-            future.handle._on_ready(functools.partial(self._ready, future))
-        else:
-            self._queue.put((future, _WATCH))
+        future.handle._on_ready(functools.partial(self._ready, future))
 
     def _ready(self, future: Future[Any], error: BaseException | None) -> None:
         self._queue.put((future, error))
@@ -599,39 +596,14 @@ class _Completer:
         self._queue.put(None)
 
     def _run(self) -> None:
-        watched: dict[Any, Future[Any]] = {}  # only without _on_ready
-        while True:
-            items = [] if watched else [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    items.append(self._queue.get_nowait())
-            for item in items:
-                if item is None:
-                    return
-                future, error = item
-                if error is _WATCH:
-                    watched[future.handle] = future
-                else:
-                    self._complete(future, error)  # type: ignore[arg-type]
-            if watched:
-                try:
-                    ready = _wait_some(list(watched))
-                except Exception:  # Ray was shut down under us
-                    return
-                for ref in ready:
-                    self._complete(watched.pop(ref), None)
+        while (item := self._queue.get()) is not None:
+            self._complete(*item)
 
 
-_HAS_ON_READY = hasattr(ray.ObjectRef, "_on_ready")
-_WATCH = object()
-
-
-def _wait_some(refs: list[Any]) -> list[Any]:
-    """The refs ready within WAIT_SLICE seconds (all that are, once one is)."""
-    ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_SLICE, fetch_local=False)
-    if ready and len(refs) > 1:
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-    return list(ready)
+if not hasattr(ray.ObjectRef, "_on_ready"):
+    raise ImportError(
+        f"the ray backend needs Ray >= 2.60 (ObjectRef._on_ready), found {ray.__version__}"
+    )
 
 
 def _load(ref: Any) -> Any:
