@@ -12,6 +12,7 @@ to tune them.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
-           "fail_from_engine"]
+           "fail_from_engine", "positive_option"]
 
 
 @dataclass(slots=True)
@@ -132,6 +133,18 @@ class Backend(ABC):
     @abstractmethod
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop everything this backend started; a cluster we connected to is left running."""
+
+
+def positive_option(backend: str, options: Mapping[str, Any], name: str, default: float, *,
+                    integer: bool = False) -> float:
+    """A backend option that must be a positive (finite) number, or an integer."""
+    value = options.get(name, default)
+    kind = int if integer else (int, float)
+    if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
+            or value <= 0):
+        wanted = "a positive integer" if integer else "a positive number of seconds"
+        raise InvalidOptionError(f"the {backend} option {name} must be {wanted}, got {value!r}")
+    return float(value)
 
 
 def complete(future: Future[Any], outcome: Outcome) -> None:

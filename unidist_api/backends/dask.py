@@ -106,7 +106,7 @@ from ..futures import Future, RemoteFailure
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import run_initializer, run_native, unpicklable_result
-from .base import Backend, Task, fail_from_engine, prepare_native
+from .base import Backend, Task, fail_from_engine, positive_option, prepare_native
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
@@ -124,9 +124,10 @@ class DaskBackend(Backend):
         super().__init__(address=address, workers=workers, initializer=initializer,
                          initargs=initargs, options=options)
         self.address = address or dask.config.get("scheduler-address", None)
-        self._connect_timeout = _number_option(options, "connect_timeout",
-                                               DEFAULT_CONNECT_TIMEOUT)
-        self._threads = int(_number_option(options, "threads_per_worker", 1, integer=True))
+        self._connect_timeout = positive_option("dask", options, "connect_timeout",
+                                                DEFAULT_CONNECT_TIMEOUT)
+        self._threads = int(positive_option("dask", options, "threads_per_worker", 1,
+                                            integer=True))
         self._lock = threading.Lock()
         self._client: Client | None = None
         self._cluster: _Cluster | None = None  # the embedded cluster we use, if any
@@ -595,16 +596,6 @@ def _describe(resources: Mapping[str, float]) -> str:
         return "no resources"
     return ", ".join(f"{name}={format_bytes(int(amount)) if name == 'MEMORY' else f'{amount:g}'}"
                      for name, amount in sorted(resources.items()))
-
-
-def _number_option(options: Mapping[str, Any], name: str, default: float, *,
-                   integer: bool = False) -> float:
-    value = options.get(name, default)
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        wanted = "a positive integer" if integer else "a positive number of seconds"
-        raise InvalidOptionError(f"the dask option {name} must be {wanted}, got {value!r}")
-    return float(value)
 
 
 # -- worker plugins --------------------------------------------------------------------------------

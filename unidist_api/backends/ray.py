@@ -110,7 +110,7 @@ from ..futures import Future, RemoteFailure
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
 from ..task import TaskOptions
 from ..worker import failure_details, run_initializer, run_native, unpicklable_result
-from .base import Backend, Task, prepare_native
+from .base import Backend, Task, positive_option, prepare_native
 
 __all__ = ["RayBackend"]
 
@@ -128,7 +128,7 @@ class RayBackend(Backend):
                  options: Mapping[str, Any]) -> None:
         super().__init__(address=address, workers=workers, initializer=initializer,
                          initargs=initargs, options=options)
-        self.connect_timeout = _positive_seconds(options.get("connect_timeout", 30.0))
+        self.connect_timeout = positive_option("ray", options, "connect_timeout", 30.0)
         runtime_env = options.get("runtime_env")
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
             raise InvalidOptionError(
@@ -730,11 +730,3 @@ def _describe_resources(amounts: Mapping[str, float]) -> str:
         else:
             parts.append(f"{name}={amount:g}")
     return ", ".join(parts)
-
-
-def _positive_seconds(value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise InvalidOptionError(f"connect_timeout must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
