@@ -14,20 +14,21 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..arguments import replace_futures
-from ..errors import InvalidOptionError, UnsupportedOptionError
+from ..errors import ClusterConnectionError, InvalidOptionError, UnsupportedOptionError
 from ..futures import Future
 from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
-           "fail_from_engine", "positive_option"]
+           "fail_from_engine", "positive_option", "check_listening"]
 
 
 @dataclass(slots=True)
@@ -145,6 +146,21 @@ def positive_option(backend: str, options: Mapping[str, Any], name: str, default
         wanted = "a positive integer" if integer else "a positive number of seconds"
         raise InvalidOptionError(f"the {backend} option {name} must be {wanted}, got {value!r}")
     return float(value)
+
+
+def check_listening(address: str, timeout: float, fix: str) -> None:
+    """Raise ClusterConnectionError at once when nothing accepts a connection at ``address``.
+
+    ``address`` is ``[scheme://]host:port``; other forms (``"auto"``) are left to the
+    engine. Engines retry an unreachable address for minutes; this answers in a moment.
+    """
+    host, _, port = address.rpartition("://")[2].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterConnectionError(f"cannot reach {address!r}: {exc}. {fix}") from exc
 
 
 def complete(future: Future[Any], outcome: Outcome) -> None:

@@ -80,7 +80,6 @@ import functools
 import logging
 import multiprocessing.spawn
 import os
-import socket
 import threading
 import uuid
 import weakref
@@ -106,7 +105,14 @@ from ..futures import Future, RemoteFailure
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import run_initializer, run_native, unpicklable_result
-from .base import Backend, Task, fail_from_engine, positive_option, prepare_native
+from .base import (
+    Backend,
+    Task,
+    check_listening,
+    fail_from_engine,
+    positive_option,
+    prepare_native,
+)
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
@@ -258,7 +264,8 @@ class DaskBackend(Backend):
 
     def _connect(self, address: str) -> Client:
         timeout = self._connect_timeout
-        _check_listening(address, timeout)
+        check_listening(address, timeout,
+                        "Check that the Dask scheduler runs (`dask scheduler`) and the address")
         try:
             return Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -429,22 +436,6 @@ def _close_half_made_client(exc: BaseException) -> None:
 
 
 # -- the task on the worker ------------------------------------------------------------------
-def _check_listening(address: str, timeout: float) -> None:
-    """Fail at once, not after ``connect_timeout``, when nothing listens at a tcp address."""
-    if not address.startswith("tcp://"):
-        return
-    host, _, port = address[len("tcp://"):].rpartition(":")
-    if not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ClusterConnectionError(
-            f"cannot reach the Dask scheduler at {address}: {exc}; check that it is running "
-            "(`dask scheduler`) and reachable from here"
-        ) from exc
-
-
 def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
          retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
     """Run one task on a Dask worker; its value is pickled here, so Dask keeps and moves bytes."""

@@ -83,7 +83,6 @@ import logging
 import math
 import os
 import queue
-import socket
 import threading
 import time
 import traceback
@@ -110,7 +109,7 @@ from ..futures import Future, RemoteFailure
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
 from ..task import TaskOptions
 from ..worker import failure_details, run_initializer, run_native, unpicklable_result
-from .base import Backend, Task, positive_option, prepare_native
+from .base import Backend, Task, check_listening, positive_option, prepare_native
 
 __all__ = ["RayBackend"]
 
@@ -478,7 +477,8 @@ def _connect(address: str, timeout: float) -> None:
     listens there, then let ``ray.init`` run in a thread we stop waiting for in time.
     """
     deadline = time.monotonic() + timeout
-    _probe(address, timeout)
+    check_listening(address, timeout,
+                    "Check that the cluster runs (`ray status` on its head) and the address")
     has_token = _use_available_token()
     outcome: list[BaseException | None] = []
     abandoned = threading.Event()
@@ -554,20 +554,6 @@ def _is_auth_failure(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _probe(address: str, timeout: float) -> None:
-    """Raise ClusterConnectionError if nothing accepts a connection at ``address``."""
-    host, _, port = address.rpartition("://")[2].rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and the like: Ray finds the address itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ClusterConnectionError(
-            f"cannot reach the Ray cluster at {address!r}: {exc}. Check that the cluster "
-            "runs (`ray status` on its head) and the address"
-        ) from exc
 
 
 # -- completion --------------------------------------------------------------------------
