@@ -190,7 +190,18 @@ class Executor(cf.Executor):
 
 
 def gather(futures: Iterable[Future[T]]) -> list[T]:
-    """Results of ``futures``, in order; raises the first failure met in that order."""
+    """Results of ``futures``, in order; raises the first failure met in that order.
+
+    Futures of a backend that ``fetches`` are loaded in one engine call per backend.
+    """
+    futures = list(futures)
+    groups: dict[int, tuple[Backend, list[Future[Any]]]] = {}
+    for future in futures:
+        backend = getattr(future, "_backend", None)
+        if backend is not None and backend.fetches:
+            groups.setdefault(id(backend), (backend, []))[1].append(future)
+    for backend, group in groups.values():
+        backend.fetch(group, None)
     return [future.result() for future in futures]
 
 

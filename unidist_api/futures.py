@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import pickle
+import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -80,6 +81,15 @@ class Future(cf.Future[T], Generic[T]):
             exc.__cause__ = RemoteTraceback(tb)
         self.set_exception(exc)
 
+    def set_loaded(self, value: Any) -> None:
+        """For a backend's bulk ``fetch``: the value a serialized result loads to.
+
+        A no-op unless the future is done with a result not loaded yet.
+        """
+        with self._condition:
+            if self._state == cf._base.FINISHED and type(self._result) is _Serialized:
+                self._result = value
+
     def _materialize(self) -> Any:
         with self._condition:
             value = self._result
@@ -117,6 +127,12 @@ class Future(cf.Future[T], Generic[T]):
 
     # -- concurrent.futures.Future API ------------------------------------------------
     def result(self, timeout: float | None = None) -> T:
+        backend = self._backend
+        if backend is not None and backend.fetches and not self.done():
+            deadline = None if timeout is None else time.monotonic() + timeout
+            backend.fetch([self], timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         value = super().result(timeout)
         if type(value) is _Serialized:
             return self._materialize()  # type: ignore[no-any-return]

@@ -5,8 +5,9 @@ task that has not started, report whether a task is ``running``, and ``shutdown`
 It completes the :class:`~unidist_api.futures.Future` it returns from its engine's
 own completion mechanism, so waiting (``result``, ``wait``, ``as_completed``) is the
 standard ``concurrent.futures`` machinery. ``map``, ``pipeline`` and ``reduce`` live
-once, in the facade, on top of this; a backend may override ``default_buffersize``
-to tune them.
+once, in the facade, on top of this. One optional hook is for speed: ``fetch``
+waits for many futures and loads their values in one engine call (``gather``, and
+``result()`` on an unfinished future, use it when a backend sets ``fetches``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +58,8 @@ class Backend(ABC):
     option_names: ClassVar[frozenset[str]] = frozenset()
     #: Whether ``address=`` (a running cluster to connect to) means anything here.
     takes_address: ClassVar[bool] = False
+    #: Whether :meth:`fetch` beats waiting on each future (engines with an object store).
+    fetches: ClassVar[bool] = False
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -126,6 +129,15 @@ class Backend(ABC):
     def running(self, future: Future[Any]) -> bool:
         """Whether ``future``'s task is executing now, as far as the engine tells."""
         return False
+
+    def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
+        """Wait until ``futures`` (all of this backend) are done, or ``timeout`` passes.
+
+        A backend that sets ``fetches`` overrides this to wait and load the values in
+        bulk, in the calling thread (``Future.set_loaded``), saving a thread hop and a
+        round trip per future; a failed task is left for ``result()`` to raise.
+        """
+        cf.wait(futures, timeout)
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``unidist-api info``: where it runs, workers, resources (may start it)."""
