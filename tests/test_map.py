@@ -200,6 +200,48 @@ def test_map_chunksize_unordered(ua_backend, chunksize):
     assert sorted(got) == sorted(map(square, data))
 
 
+def counting_submits(monkeypatch, executor):
+    """Record the batch size of every task ``executor`` is given."""
+    sizes = []
+    submit = executor._submit_task
+
+    def counted(task):
+        sizes.append(len(task.args[0]))
+        return submit(task)
+
+    monkeypatch.setattr(executor, "_submit_task", counted)
+    return sizes
+
+
+def test_map_batches_tiny_items_automatically(ua_backend, monkeypatch):
+    sizes = counting_submits(monkeypatch, ua_backend)
+    n = 50_000
+    assert list(ua.map(square, range(n))) == list(map(square, range(n)))
+    assert sum(sizes) == n
+    assert len(sizes) < n / 50, f"{len(sizes)} tasks for {n} tiny items"
+    assert max(sizes) > 100
+
+
+def test_map_slow_items_are_not_batched(ua_backend, monkeypatch):
+    sizes = counting_submits(monkeypatch, ua_backend)
+    assert list(ua.map(sleepy, range(6), [0.06] * 6)) == list(range(6))
+    assert sizes == [1] * 6  # each item is longer than a batch's target duration
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_map_explicit_chunksize_is_the_batch_size(ua_backend, monkeypatch, ordered):
+    sizes = counting_submits(monkeypatch, ua_backend)
+    got = list(ua.map(square, range(23), chunksize=5, ordered=ordered))
+    assert sorted(got) == sorted(map(square, range(23)))
+    assert sizes == [5, 5, 5, 5, 3]
+
+
+def test_map_batch_size_respects_buffersize(ua_backend, monkeypatch):
+    sizes = counting_submits(monkeypatch, ua_backend)
+    assert list(ua.map(square, range(5000), buffersize=40)) == list(map(square, range(5000)))
+    assert max(sizes) <= 40
+
+
 def test_map_chunksize_and_buffersize(ua_backend):
     data = range(33)
     assert list(ua.map(square, data, chunksize=4, buffersize=8)) == list(map(square, data))
@@ -216,9 +258,10 @@ def test_map_generous_timeout_gives_results(ua_backend):
     assert list(ua.map(square, range(6), timeout=60)) == list(map(square, range(6)))
 
 
-def test_map_progress(ua_backend):
+def test_map_progress(ua_backend, capsys):
     data = range(15)
     assert list(ua.map(square, data, progress=True)) == list(map(square, data))
+    assert "15/15" in capsys.readouterr().err  # tqdm's bar, on stderr
 
 
 def test_map_progress_unordered(ua_backend):

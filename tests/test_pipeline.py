@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -214,3 +215,147 @@ def test_pipeline_stages_overlap(ua_backend, tmp_path):
         if log[(1, j)][0] < log[(2, i)][1] and log[(2, i)][0] < log[(1, j)][1]
     ]
     assert overlapping, f"stages never overlapped: {sorted(log.items())}"
+
+
+# --------------------------------------------------------------------------- streaming
+PULL_LIMIT = 100_000
+
+
+class CountingSource:
+    """An endless iterator that records how many items were pulled from it."""
+
+    def __init__(self):
+        self.pulled = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pulled >= PULL_LIMIT:
+            raise RuntimeError("pipeline consumed far too much of an endless input")
+        self.pulled += 1
+        return self.pulled - 1
+
+
+def slow_double(x):
+    time.sleep(0.01)
+    return 2 * x
+
+
+@pytest.mark.parametrize("buffersize", [1, 5])
+def test_pipeline_buffersize_bounds_items_inside(ua_backend, buffersize):
+    src = CountingSource()
+    it = ua.pipeline(inc, ua.stage(slow_double, workers=1))(src, buffersize=buffersize)
+    for k in range(1, 13):
+        assert next(it) == double(inc(k - 1))
+        # backpressure: the slow last stage holds back how much input is read
+        assert src.pulled <= k + buffersize, (k, src.pulled)
+    it.close()
+
+
+def test_pipeline_endless_input_default_buffersize(ua_backend):
+    src = CountingSource()
+    it = ua.pipeline(inc, double)(src)
+    assert [next(it) for _ in range(5)] == [double(inc(i)) for i in range(5)]
+    assert src.pulled < PULL_LIMIT
+    it.close()
+    assert list(ua.pipeline(inc)(range(3))) == [1, 2, 3]  # still usable
+
+
+def counting_submits(monkeypatch, executor):
+    """Count the tasks ``executor`` is given (map, pipeline and reduce submit through it)."""
+    calls = []
+    submit = executor._submit_task
+
+    def counted(task):
+        calls.append(len(task.args[0]) if task.args and isinstance(task.args[0], list) else 1)
+        return submit(task)
+
+    monkeypatch.setattr(executor, "_submit_task", counted)
+    return calls
+
+
+def test_pipeline_batches_tiny_items_automatically(ua_backend, monkeypatch):
+    calls = counting_submits(monkeypatch, ua_backend)
+    n = 20_000
+    got = list(ua.pipeline(inc, double, inc)(range(n)))
+    assert got == [inc(double(inc(x))) for x in range(n)]
+    tasks_per_stage = len(calls) / 3
+    assert tasks_per_stage < n / 20, f"{len(calls)} tasks for {n} tiny items in 3 stages"
+
+
+def test_pipeline_explicit_chunksize_is_the_batch_size(ua_backend, monkeypatch):
+    calls = counting_submits(monkeypatch, ua_backend)
+    got = list(ua.pipeline(inc, double)(range(23), chunksize=5))
+    assert got == [double(inc(x)) for x in range(23)]
+    assert sorted(calls) == [1] * 5 + [3, 5, 5, 5, 5]  # 5 batches in, each a future after
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 3])
+def test_pipeline_batches_keep_order_and_errors(ua_backend, ua_serial, chunksize):
+    data = list(range(40))
+    p = [sleep_by_item, inc, to_str]
+    assert (list(ua.pipeline(*p)(data, chunksize=chunksize))
+            == list(ua_serial.pipeline(*p)(data, chunksize=chunksize)))
+    it = ua.pipeline(inc, explode_on_three)(range(10), chunksize=chunksize)
+    got = []
+    with pytest.raises(KeyError, match="item 3"):
+        for value in it:
+            got.append(value)
+    assert got == [1, 2]  # every output before the failing item, as the builtin map
+    it = ua.pipeline(explode_on_three, inc, double)(range(10), chunksize=chunksize)
+    got = []
+    with pytest.raises(KeyError, match="item 3"):
+        for value in it:
+            got.append(value)
+    assert got == [double(inc(x)) for x in range(3)]  # later stages ran on items 0-2
+
+
+def test_pipeline_progress_shows_a_bar_per_stage(ua_backend, capsys):
+    assert list(ua.pipeline(inc, double)(range(12), progress=True)) == [
+        double(inc(x)) for x in range(12)
+    ]
+    err = capsys.readouterr().err
+    assert "stage 1 inc" in err and "stage 2 double" in err
+    assert "12/12" in err
+
+
+# A value that refuses to be unpickled in the driver: a pipeline on a backend with
+# workers must hand it from stage to stage without ever loading it here.
+DRIVER_PID = os.getpid()
+
+
+def _restore(value, driver):
+    if os.getpid() == driver:
+        raise RuntimeError("an intermediate value was loaded in the driver")
+    return Opaque(value)
+
+
+class Opaque:
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (_restore, (self.value, DRIVER_PID))
+
+
+def wrap(x):
+    return Opaque(x)
+
+
+def rewrap(o):
+    return Opaque(o.value + 1)
+
+
+def unwrap(o):
+    return o.value
+
+
+def test_pipeline_intermediate_values_never_loaded_in_driver(ua_backend):
+    if ua_backend.backend == "serial":
+        pytest.skip("serial runs every stage in the driver")
+    with pytest.raises(RuntimeError, match="loaded in the driver"):
+        pickle.loads(pickle.dumps(Opaque(1)))  # the guard works here
+    data = range(30)
+    assert list(ua.pipeline(wrap, rewrap, unwrap)(data)) == [x + 1 for x in data]
+    assert list(ua.pipeline(wrap, rewrap, unwrap)(data, chunksize=1)) == [x + 1 for x in data]

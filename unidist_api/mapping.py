@@ -26,7 +26,7 @@ from .worker import EACH, EACH_STAR, Batch
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["map_iterator", "Batcher", "check_positive"]
+__all__ = ["map_iterator", "Batcher", "check_positive", "progress_bar"]
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -42,28 +42,49 @@ def check_positive(name: str, value: Any) -> None:
 class Batcher:
     """Chooses how many items go in the next task.
 
-    Fixed when ``chunksize`` is given. Otherwise it starts at 1 and aims for batches of
-    about ``target`` seconds of work, from the per-item time the workers report, while
-    leaving every worker at least two batches of the ``buffersize`` window.
+    Fixed when ``chunksize`` is given. Otherwise it starts at 1 and aims for tasks of
+    about ``target`` seconds, from the time per item measured so far (the workers'
+    own timing in ``map``; submit to completion, less the engine's overhead, in
+    ``pipeline``), growing at most 4x per observation and never above ``cap``, which
+    keeps every worker fed.
     """
 
     target = 0.05  # seconds of work per task: ~100x a task's overhead on every backend
     maximum = 8192
 
-    def __init__(self, chunksize: int | None, buffersize: int | None, workers: int) -> None:
+    def __init__(self, chunksize: int | None, cap: int | None = None) -> None:
         self.fixed = chunksize
         self.size = chunksize or 1
-        self.cap = self.maximum if buffersize is None else max(1, buffersize // (2 * workers))
+        self.cap = self.maximum if cap is None else max(1, min(cap, self.maximum))
         self._per_item: float | None = None
+        self._quickest = float("inf")
 
     def observe(self, batch: Batch) -> None:
-        if self.fixed is not None or not batch:
+        """Learn from a finished batch's own timing."""
+        if batch:
+            self.record(batch.elapsed, len(batch))
+
+    def record(self, seconds: float, items: int) -> None:
+        """Learn that ``items`` items took ``seconds``."""
+        if self.fixed is not None or items <= 0:
             return
-        per_item = batch.elapsed / len(batch)
+        per_item = seconds / items
         old = self._per_item
         self._per_item = per_item if old is None else 0.7 * old + 0.3 * per_item
         ideal = self.target / max(self._per_item, 1e-7)
         self.size = max(1, min(int(ideal), self.cap, self.size * 4))
+
+    def record_latency(self, seconds: float, items: int) -> None:
+        """Learn from a task's submit-to-completion time, which includes the engine's
+        per-task overhead: the quickest task seen bounds that overhead and is taken
+        off, and a task that already lasted ``target`` never makes batches grow."""
+        if self.fixed is not None or items <= 0:
+            return
+        self._quickest = min(self._quickest, seconds)
+        size = self.size
+        self.record(seconds - self._quickest, items)
+        if seconds >= self.target:
+            self.size = min(self.size, size)
 
     def next_size(self, room: int) -> int:
         size = self.size if self.fixed is not None else min(self.size, self.cap)
@@ -87,10 +108,10 @@ def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[It
     source = sources[0] if len(sources) == 1 else zip(*sources)  # noqa: B905 (stop at shortest)
     mode = EACH if len(sources) == 1 else EACH_STAR
     workers = executor.workers
-    batcher = Batcher(chunksize, buffersize, workers)
+    batcher = Batcher(chunksize, None if buffersize is None else buffersize // (2 * workers))
     window = buffersize if buffersize is not None else None
     deadline = None if timeout is None else time.monotonic() + timeout
-    bar = _progress_bar(iterables) if progress else None
+    bar = progress_bar(iterables) if progress else None
     stream = _Stream(executor, fn, options, mode, source, batcher, window, workers)
     stream.deadline = deadline
     results = stream.ordered(deadline) if ordered else stream.unordered(deadline)
@@ -205,12 +226,14 @@ def _remaining(deadline: float | None) -> float | None:
     return max(0.0, deadline - time.monotonic())
 
 
-def _progress_bar(iterables: tuple[Iterable[Any], ...]) -> Any:
+def progress_bar(iterables: tuple[Iterable[Any], ...], desc: str | None = None,
+                 position: int | None = None) -> Any:
+    """A tqdm bar sized by the inputs' lengths where they have one."""
     from tqdm.auto import tqdm
 
     sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
     total = min(sizes) if len(sizes) == len(iterables) else None
-    return tqdm(total=total, unit="item")
+    return tqdm(total=total, unit="item", desc=desc, position=position)
 
 
 def _with_bar(results: Iterator[Any], bar: Any) -> Iterator[Any]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .mapping import check_positive
+from .mapping import Batcher, check_positive, progress_bar
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
 from .worker import EACH
 
@@ -73,45 +73,73 @@ class Pipeline:
         return f"<ua.Pipeline {names}>"
 
     def __call__(self, iterable: Iterable[Any], *, chunksize: int | None = None,
-                 buffersize: int | None = None, timeout: float | None = None) -> Iterator[Any]:
-        """Run the stages over ``iterable``, lazily.
+                 buffersize: int | None = None, timeout: float | None = None,
+                 progress: bool = False) -> Iterator[Any]:
+        """Run the stages over ``iterable``, lazily; outputs in input order.
 
-        ``chunksize`` items travel together as one task per stage (``None``: 1 for now;
-        adaptive batching comes with the streaming work); at most ``buffersize`` items are
-        inside the pipeline (default: two per worker per stage).
+        ``chunksize`` items travel together as one task per stage; ``None`` adapts the
+        batch size to the slowest stage's measured time per item, as ``map`` does. At
+        most ``buffersize`` items are inside the pipeline (``None``: two batches per
+        task slot of every stage). ``timeout`` counts from this call, as in ``map``;
+        ``progress=True`` shows one bar per stage.
         """
         from .config import current_executor
 
         check_positive("chunksize", chunksize)
         check_positive("buffersize", buffersize)
-        chunksize = chunksize or 1
+        if timeout is not None and not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
         executor = self.executor or current_executor()
         executor._check_open()
         for s in self.stages:
             if s.options is not DEFAULT_OPTIONS:
                 executor._backend.check_options(s.options)
-        window = buffersize or 2 * executor.workers * len(self.stages) * chunksize
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = _Run(executor, self.stages, iter(iterable), chunksize, max(1, window // chunksize))
+        run = _Run(executor, self.stages, iter(iterable), chunksize, buffersize)
+        if progress:
+            run.bars = [progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
+                        for i, s in enumerate(self.stages)]
         return run.results(deadline)
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
 class _Run:
-    """One pass of a pipeline over an input: the scheduling state, driven by completions."""
+    """One pass of a pipeline over an input: the scheduling state, driven by completions.
+
+    A batch is read from the input when fewer than ``max_batches`` batches (and, with
+    ``buffersize``, fewer than that many items) are inside; it then moves stage to
+    stage as a future. Each stage has a :class:`~unidist_api.mapping.Batcher` fed with
+    its tasks' submit-to-completion times (the workers' own timings stay with the
+    values, on the cluster); the next batch takes the smallest size any of them asks
+    for, so the slowest stage's tasks last about ``Batcher.target``.
+    """
 
     def __init__(self, executor: Executor, stages: tuple[Stage, ...], source: Iterator[Any],
-                 chunksize: int, max_batches: int) -> None:
+                 chunksize: int | None, buffersize: int | None) -> None:
         self.executor = executor
         self.stages = stages
         self.source = source
-        self.chunksize = chunksize
-        self.max_batches = max_batches
         self.limits = [s.workers or executor.workers for s in stages]
+        slots = sum(self.limits)
+        self.max_batches = 2 * slots if buffersize is None else max(1, buffersize)
+        self.window = buffersize  # items inside the pipeline, at most
+        cap = None if buffersize is None else buffersize // (2 * slots)
+        self.batchers = [Batcher(chunksize, cap) for _ in stages]
+        self.bars: list[Any] = []
         self.waiting: list[deque[tuple[int, Any]]] = [deque() for _ in stages]
         self.running: list[int] = [0] * len(stages)
         self.futures: dict[Future[Any], int] = {}  # running tasks and their batch numbers
-        self.finished: queue.SimpleQueue[tuple[int, int, Future[Any]]] = queue.SimpleQueue()
+        self.started: dict[Future[Any], float] = {}
+        self.finished: queue.SimpleQueue[tuple[int, int, Future[Any], float]] = (
+            queue.SimpleQueue()
+        )
         self.outputs: dict[int, Future[Any]] = {}
+        self.sizes: dict[int, int] = {}  # items of each batch inside the pipeline
+        self.chains: dict[int, list[Future[Any]]] = {}  # each batch's task in every stage
+        self.inside = 0  # items read and not yet yielded
         self.taken = 0  # batches read from the input
         self.exhausted = False
         #: The earliest failed batch: (batch number, stage index, its future). Batches
@@ -125,31 +153,67 @@ class _Run:
                 self._read_input(emitted)
                 self._launch()
                 if emitted in self.outputs:
-                    batch = self.outputs.pop(emitted).result()
+                    future = self.outputs.pop(emitted)
+                    try:
+                        batch = future.result()
+                    except BaseException:  # a failure only loading tells (ray)
+                        yield from self._before_failure(emitted, deadline)
+                        raise
+                    self.inside -= self.sizes.pop(emitted)
+                    self.chains.pop(emitted, None)
                     emitted += 1
                     yield from batch
                     continue
                 if self.failure is not None and emitted == self.failure[0]:
-                    index, future = self.failure[1:]
-                    if index == len(self.stages) - 1:  # final outputs before the failing item
-                        yield from future.partial or ()
-                    future.result()  # raises the stage's own exception
+                    yield from self._before_failure(emitted, deadline)
+                    self.failure[2].result()  # raises the stage's own exception
                 if self.exhausted and emitted == self.taken:
                     return
                 self._collect(deadline)
         finally:
             for future in self.futures:
                 future.cancel()
+            for bar in self.bars:
+                bar.close()
+
+    def _before_failure(self, number: int, deadline: float | None) -> Iterator[Any]:
+        """Final outputs of the items before the failing one in batch ``number``.
+
+        The stage where the batch failed reports the values of the items before the
+        failing item (``Future.partial``); the later stages still run on them, so the
+        pipeline yields exactly what the builtin ``map`` of the composition would.
+        """
+        chain = self.chains.get(number, [])
+        origin = len(chain)
+        while origin > 0 and chain[origin - 1].exception() is not None:
+            origin -= 1  # walk back to the stage where the batch first failed
+        if origin == len(chain):
+            return
+        partial = chain[origin].partial
+        if not partial:
+            return
+        if origin + 1 == len(self.stages):
+            yield from partial
+            return
+        rest = _Run(self.executor, self.stages[origin + 1:], iter(partial), len(partial), None)
+        yield from rest.results(deadline)
 
     def _read_input(self, emitted: int) -> None:
         while (not self.exhausted and self.failure is None
                and self.taken - emitted < self.max_batches):
-            items = list(itertools.islice(self.source, self.chunksize))
-            if len(items) < self.chunksize:
+            size = min(batcher.next_size(Batcher.maximum) for batcher in self.batchers)
+            if self.window is not None:
+                size = min(size, self.window - self.inside)
+                if size <= 0:
+                    return
+            items = list(itertools.islice(self.source, size))
+            if len(items) < size:
                 self.exhausted = True
             if not items:
                 return
             self.waiting[0].append((self.taken, items))
+            self.sizes[self.taken] = len(items)
+            self.inside += len(items)
             self.taken += 1
 
     def _launch(self) -> None:
@@ -165,20 +229,23 @@ class _Run:
                 )
                 self.running[index] += 1
                 self.futures[future] = number
+                self.started[future] = time.monotonic()
+                self.chains.setdefault(number, []).append(future)
                 future.add_done_callback(functools.partial(self._finished, index, number))
 
     def _finished(self, index: int, number: int, future: Any) -> None:
-        self.finished.put((index, number, future))
+        self.finished.put((index, number, future, time.monotonic()))
 
     def _collect(self, deadline: float | None) -> None:
         """Wait for one task to finish and move its batch to the next stage."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            index, number, future = self.finished.get(timeout=timeout)
+            index, number, future, finished_at = self.finished.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError("pipeline: the next result was not ready within timeout") from None
         self.running[index] -= 1
         self.futures.pop(future, None)
+        started = self.started.pop(future, finished_at)
         if future.cancelled():
             return  # a batch after the failure
         if future.known_exception() is not None:
@@ -190,6 +257,10 @@ class _Run:
             return
         if self.failure is not None and number > self.failure[0]:
             return
+        size = self.sizes[number]
+        self.batchers[index].record_latency(finished_at - started, size)
+        if self.bars:
+            self.bars[index].update(size)
         if index + 1 < len(self.stages):
             self.waiting[index + 1].append((number, future))
         else:
