@@ -185,3 +185,49 @@ def test_reduce_floats_same_for_list_and_generator(ua_backend, ua_serial):
     got = ua.reduce(operator.add, iter(values))
     ref = ua_serial.reduce(operator.add, values)
     assert got.hex() == ref.hex()
+
+
+# --------------------------------------------------------------------------- streaming
+def slow_concat(a, b):
+    import time
+
+    time.sleep(0.002)
+    return a + b
+
+
+def test_reduce_partial_results_never_loaded_in_driver(ua_backend, monkeypatch):
+    """Only the final value comes to the caller; partial sums go task to task."""
+    if ua_backend.backend == "serial":
+        pytest.skip("serial computes every node in the driver")
+    loaded = []
+    materialize, set_loaded = ua.Future._materialize, ua.Future.set_loaded
+
+    def counting_materialize(self):
+        loaded.append(self)
+        return materialize(self)
+
+    def counting_set_loaded(self, value):
+        loaded.append(self)
+        return set_loaded(self, value)
+
+    monkeypatch.setattr(ua.Future, "_materialize", counting_materialize)
+    monkeypatch.setattr(ua.Future, "set_loaded", counting_set_loaded)
+    words = [[i] for i in range(300)]
+    assert ua.reduce(slow_concat, words) == list(range(300))
+    assert len(set(map(id, loaded))) <= 1, f"{len(loaded)} values came to the driver"
+
+
+def test_reduce_consumes_a_long_generator_with_bounded_tasks(ua_backend, monkeypatch):
+    submitted = []
+    submit = ua_backend._submit_task
+
+    def counted(task):
+        submitted.append(task)
+        return submit(task)
+
+    monkeypatch.setattr(ua_backend, "_submit_task", counted)
+    n = 100_000
+    assert ua.reduce(operator.add, (i for i in range(n))) == sum(range(n))
+    leaves = [t for t in submitted if t.args and isinstance(t.args[0], list)]
+    assert sum(len(t.args[0]) for t in leaves) == n
+    assert len(leaves) < n / 20, "tiny items must be reduced in blocks"
