@@ -26,7 +26,7 @@ from .worker import EACH, EACH_STAR, Batch
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["map_iterator", "Batcher", "check_positive", "progress_bar"]
+__all__ = ["map_iterator", "Batcher", "check_positive", "progress_bar", "load_ready"]
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -173,6 +173,7 @@ class _Stream:
                     return
                 future, _ = self.pending.popleft()
                 self._wait(future, deadline)
+                load_ready(self.executor, [future, *(f for f, _ in self.pending)])
                 yield from self._values(future)
         finally:
             self.cancel()
@@ -190,6 +191,7 @@ class _Stream:
                     raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
                 self._wait(future, deadline)
+                load_ready(self.executor, [future, *(f for f, _ in self.pending)])
                 yield from self._values(future)
         finally:
             self.cancel()
@@ -218,6 +220,19 @@ class _Stream:
 
 
 _LATE = "map: the next result was not ready within timeout"
+
+
+def load_ready(executor: Executor, futures: Iterable[Future[Any]]) -> None:
+    """Load the values of the finished ``futures`` in one engine call (``Backend.fetch``).
+
+    On Ray and Dask a value is fetched on its first ``result()``, one round trip each;
+    when several tasks have finished, one bulk fetch serves them all.
+    """
+    backend = executor._backend
+    if backend.fetches:
+        done = [future for future in futures if future.done()]
+        if len(done) > 1:
+            backend.fetch(done, None)
 
 
 def _remaining(deadline: float | None) -> float | None:

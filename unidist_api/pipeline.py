@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .mapping import Batcher, check_positive, progress_bar
+from .mapping import Batcher, check_positive, load_ready, progress_bar
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
 from .worker import EACH
 
@@ -154,6 +154,7 @@ class _Run:
                 self._launch()
                 if emitted in self.outputs:
                     future = self.outputs.pop(emitted)
+                    load_ready(self.executor, [future, *self.outputs.values()])
                     try:
                         batch = future.result()
                     except BaseException:  # a failure only loading tells (ray)
