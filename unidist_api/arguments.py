@@ -37,6 +37,10 @@ def _collect(obj: Any, found: list[Future[Any]]) -> None:
         if isinstance(obj, Future):
             found.append(obj)
         return
+    if len(obj) > 16 and not any(  # a long flat batch (map's items): one C-speed pass
+        kind in _CONTAINERS or issubclass(kind, Future) for kind in set(map(type, values))
+    ):
+        return
     for value in values:
         if isinstance(value, Future):
             found.append(value)

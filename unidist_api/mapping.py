@@ -45,15 +45,17 @@ class Batcher:
     Fixed when ``chunksize`` is given. Otherwise it starts at 1 and aims for tasks of
     about ``target`` seconds, from the time per item measured so far (the workers'
     own timing in ``map``; submit to completion, less the engine's overhead, in
-    ``pipeline``), growing at most 4x per observation and never above ``cap``, which
-    keeps every worker fed.
+    ``pipeline``), growing at most ``growth`` times per observation (16 in ``map``,
+    where timings are exact; 4 in ``pipeline``) and never above ``cap``, which keeps
+    every worker fed.
     """
 
     target = 0.05  # seconds of work per task: ~100x a task's overhead on every backend
     maximum = 8192
 
-    def __init__(self, chunksize: int | None, cap: int | None = None) -> None:
+    def __init__(self, chunksize: int | None, cap: int | None = None, growth: int = 16) -> None:
         self.fixed = chunksize
+        self.growth = growth
         self.size = chunksize or 1
         self.cap = self.maximum if cap is None else max(1, min(cap, self.maximum))
         self._per_item: float | None = None
@@ -72,7 +74,7 @@ class Batcher:
         old = self._per_item
         self._per_item = per_item if old is None else 0.7 * old + 0.3 * per_item
         ideal = self.target / max(self._per_item, 1e-7)
-        self.size = max(1, min(int(ideal), self.cap, self.size * 4))
+        self.size = max(1, min(int(ideal), self.cap, self.size * self.growth))
 
     def record_latency(self, seconds: float, items: int) -> None:
         """Learn from a task's submit-to-completion time, which includes the engine's

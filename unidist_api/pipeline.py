@@ -127,7 +127,7 @@ class _Run:
         self.max_batches = 2 * slots if buffersize is None else max(1, buffersize)
         self.window = buffersize  # items inside the pipeline, at most
         cap = None if buffersize is None else buffersize // (2 * slots)
-        self.batchers = [Batcher(chunksize, cap) for _ in stages]
+        self.batchers = [Batcher(chunksize, cap, growth=4) for _ in stages]
         self.bars: list[Any] = []
         self.waiting: list[deque[tuple[int, Any]]] = [deque() for _ in stages]
         self.running: list[int] = [0] * len(stages)
