@@ -18,7 +18,7 @@ import time
 import traceback
 import types
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .arguments import replace_instances
@@ -118,21 +118,23 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
 
 
 def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
-               retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Any:
+               retry_on: tuple[type[BaseException], ...], *inputs: Any,
+               pickled: bool = False) -> Any:
     """Run one task for an engine with an object store (Ray, Dask).
 
     ``payload`` holds the arguments with :class:`Input` placeholders where the caller
     passed futures; ``inputs`` are those futures' values, resolved by the engine
-    (worker to worker). Each attempt gets its own copy of them. The value goes back to
-    the engine as is; a failure is raised as the task's own exception, carrying the
-    traceback text and a batch's partial results for the caller (:func:`failure_details`).
+    (worker to worker), or with ``pickled`` their pickles. Each attempt gets its own
+    copy of them. The value goes back to the engine as is; a failure is raised as the
+    task's own exception, carrying the traceback text and a batch's partial results for
+    the caller (:func:`failure_details`).
     """
-    blob = dumps(inputs) if inputs else b""
+    blob = dumps(inputs) if inputs and not pickled else b""
 
     def load_args() -> tuple[Any, Any]:
         args, kwargs = loads(payload)
         if inputs:
-            values = loads(blob)
+            values = [loads(data) for data in inputs] if pickled else loads(blob)
             args, kwargs = _fill(args, values), _fill(kwargs, values)
         return args, kwargs
 
@@ -155,7 +157,7 @@ class Input:
         return (Input, (self.index,))
 
 
-def _fill(obj: Any, values: tuple[Any, ...]) -> Any:
+def _fill(obj: Any, values: Sequence[Any]) -> Any:
     return replace_instances(obj, Input, lambda placeholder: values[placeholder.index])
 
 

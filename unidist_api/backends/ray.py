@@ -25,29 +25,55 @@ pipeline buffers, but its tasks share that Ray's CPUs.
 
 Tasks. All tasks are calls of one remote function, :func:`_run_task` (created once per
 runtime, with one ``.options()`` variant cached per distinct task options), which
-runs :func:`~unidist_api.worker.run_native`. Futures and ``put`` handles among the
-arguments travel as top-level ``ObjectRef`` arguments, so Ray moves the values worker
-to worker; a future of another backend is passed as its value. ``retries`` counts
-application errors inside ``run_native`` (per item, fresh copies of the arguments,
-``retry_on`` filter), so Ray's ``retry_exceptions`` is off and its ``max_retries`` (the
-same count) covers only lost workers. ``cpus``, ``gpus``, ``memory`` (bytes) and
-``resources`` become Ray's ``num_cpus``, ``num_gpus``, ``memory`` and ``resources``; a
-request no node of the cluster could ever satisfy is refused at submit.
+runs :func:`~unidist_api.worker.run_native`. A call has as few arguments as Ray can
+take cheaply (Ray serializes and checks each one, in Python, at every call): the
+*spec*, the *payload* and the inputs. The spec is what all tasks of one function,
+options and mode share, pickled once per executor: a 16-byte random token and the
+pickle of ``(function pickle, mode, retries, retry_on, initializer)``; a worker
+unpickles it once and then knows it by its token. Inline it is a few hundred bytes;
+a larger one (a function with a large closure, an initializer over 64 KiB) goes to
+the object store once, and a worker reads it there only when it does not know the
+token yet. The payload is the call's own arguments, pickled at submit. Futures and
+``put`` handles among the arguments travel as top-level ``ObjectRef`` arguments, so
+Ray moves the values worker to worker; a future of another backend is passed as its
+pickle. ``retries`` counts application errors inside ``run_native`` (per item, fresh
+copies of the arguments, ``retry_on`` filter), so Ray's ``retry_exceptions`` is off
+and its ``max_retries`` (the same count) covers only lost workers. ``cpus``,
+``gpus``, ``memory`` (bytes) and ``resources`` become Ray's ``num_cpus``,
+``num_gpus``, ``memory`` and ``resources``; a request no node of the cluster could
+ever satisfy is refused at submit.
 
-Serialization. Every value that crosses Ray (results, ``put`` objects, task
-exceptions, ``retry_on``) is pickled by our cloudpickle, not Ray's own copy of it, and
-travels as a :class:`~unidist_api.serialization.Pickled`: a class the workers got by
-value (defined in ``__main__`` or a test module) then comes back as the caller's very
-class, and an unpicklable value is named in a :class:`SerializationError`. The price:
-Ray's zero-copy transfer of large NumPy buffers does not apply.
+Serialization. Every value that crosses Ray (results, ``put`` objects, inputs from
+other backends, task exceptions, ``retry_on``) is pickled by our cloudpickle, not
+Ray's own copy of it, and Ray stores and moves that pickle as plain ``bytes`` (which
+Ray handles as cheaply as an int; a wrapper object would cost a pickling by Ray on
+top, ~35 us a task): a class the workers got by value (defined in ``__main__`` or a
+test module) then comes back as the caller's very class, and an unpicklable value is
+named in a :class:`SerializationError`. So ``ray.get(future.handle)`` gives that
+pickle (``pickle.loads`` it), and Ray's zero-copy transfer of large NumPy buffers does
+not apply.
 
-Completion. Ray calls ``ObjectRef._on_ready`` callbacks, which do not fetch the
-value, on its I/O thread; they only queue the future for one completer thread per
-runtime (no thread per future), which completes it with the ``ObjectRef`` itself: the
-value is fetched on the first ``result()``, so a result passed on to another task never
-visits the caller. Before we stop a Ray we started, the results the
-program still holds are fetched, so ``result()`` works after ``shutdown()``; after
-that we make no Ray call, which would start (or join) another Ray by itself.
+Completion. Waiting is mostly ``result()`` and ``gather``, and those go through
+:meth:`RayBackend.fetch` (``fetches`` is set): one ``ray.get`` in the caller's thread
+for all the futures asked for, done or not, which then completes them with their
+values. Nothing else is needed for them, so a task's future is not *watched* when it
+is submitted: Ray's ``ObjectRef._on_ready`` callback costs Ray's I/O thread a GIL
+round trip per task (5-10% of a tiny task's cost). Whatever else waits for a future
+watches it first: ``done()``, ``exception()``, ``add_done_callback`` (so ``await`` and
+asyncio), ``concurrent.futures.wait``/``as_completed`` (through the future's
+``_waiters`` list, where they install their waiters), and a fetch that did not finish
+(timeout, a failed task). A *sweep* watches every future nothing waited for within a
+second (``WATCH_AFTER``), so a future nobody reads still completes and lets go of its
+``ObjectRef``, and the tasks left by ``shutdown(wait=False)`` end the runtime; futures a
+fetch is waiting for are left to it. A watched future's callback, which does not fetch
+the value, runs on Ray's I/O thread and only queues the future for one completer
+thread per runtime (which also sweeps), which completes it with the ``ObjectRef``
+itself: the value is fetched on the first ``result()``, so a result passed on to
+another task never visits the caller. A failed task is never completed by a fetch:
+the fetch leaves it to that path, so ``result()`` raises the task's own exception
+with its remote traceback. Before we stop a Ray we started, the results the program
+still holds are fetched, so ``result()`` works after ``shutdown()``; after that we
+make no Ray call, which would start (or join) another Ray by itself.
 
 Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
 and is shared by every executor of the process, so ``initializer(*initargs)`` instead
@@ -76,6 +102,7 @@ Backend options:
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures as cf
 import contextlib
 import functools
@@ -88,8 +115,8 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import ray
 import ray.exceptions as rex
@@ -105,7 +132,7 @@ from ..errors import (
     UnsupportedOptionError,
     WorkerLostError,
 )
-from ..futures import Future, RemoteFailure
+from ..futures import Future, RemoteFailure, _Serialized
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
 from ..task import TaskOptions
 from ..worker import failure_details, run_initializer, run_native, unpicklable_result
@@ -114,13 +141,17 @@ from .base import Backend, Task, check_listening, positive_option, prepare_nativ
 __all__ = ["RayBackend"]
 
 NODES_MAX_AGE = 60.0  # seconds the cluster's node resources are cached
-INLINE_INIT_BYTES = 64 * 1024  # a larger initializer pickle goes to the object store once
+INLINE_BYTES = 64 * 1024  # a larger function or initializer pickle goes to the object store once
+SPECS_MAX = 256  # task specs (function, options, mode) cached, in the caller and per worker
+WATCH_AFTER = 1.0  # seconds after which the sweep watches a future nothing waited for
+SWEEP_EVERY = 0.5  # seconds between sweeps
 
 
 class RayBackend(Backend):
     name = "ray"
     takes_address = True
     option_names = frozenset({"connect_timeout", "runtime_env"})
+    fetches = True
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -138,6 +169,7 @@ class RayBackend(Backend):
         self._runtime: _Runtime | None = None
         self._functions = FunctionCache()
         self._calls: dict[TaskOptions, tuple[Any, Pickled]] = {}
+        self._specs: dict[tuple[int, int, int], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
 
     # -- where it runs -----------------------------------------------------------------
@@ -203,22 +235,26 @@ class RayBackend(Backend):
     def submit(self, task: Task) -> Future[Any]:
         fn_data, payload, inputs = prepare_native(task, self._functions)
         runtime = self._get_runtime()
-        future: Future[Any] = Future(self)
-        try:
-            handles = [self._input(runtime, dep) for dep in inputs]
-        except BaseException as exc:  # an input of another backend failed: so does this task
-            future.set_exception(exc)
-            return future
-        call, retry_on = self._call(runtime, task.options)
-        future.handle = call.remote(self._initializer(), fn_data, payload, task.mode,
-                                    task.options.retries, retry_on, *handles)
-        runtime.watch(future)
+        future: _RayFuture[Any] = _RayFuture(self, runtime)
+        if inputs:
+            try:
+                handles = [self._input(runtime, dep) for dep in inputs]
+            except BaseException as exc:  # an input of another backend failed: so does this task
+                future.set_exception(exc)
+                return future
+        else:
+            handles = []
+        spec = self._specs.get((id(fn_data), id(task.options), task.mode))
+        if spec is None:
+            spec = self._spec(runtime, fn_data, task.options, task.mode)
+        future.handle = spec.remote.remote(spec.arg, payload, *handles)
+        runtime.track(future)
         return future
 
     def put(self, obj: Any) -> Future[Any]:
         data = dumps_value(obj, "the object passed to put")
         runtime = self._get_runtime()
-        future: Future[Any] = Future(self, handle=ray.put(Pickled(data)))
+        future: Future[Any] = Future(self, handle=ray.put(data))
         future.set_serialized_result(future.handle, _load)
         runtime.unread.add(future)
         return future
@@ -226,6 +262,53 @@ class RayBackend(Backend):
     def cancel(self, future: Future[Any]) -> bool:
         """Never: Ray cannot cancel safely (see the module doc), so tasks always run."""
         return False
+
+    def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
+        """Wait for ``futures`` and load their values with one ``ray.get``, in this thread.
+
+        A failure (a task's, a timeout, Ray stopping) leaves the futures to the normal
+        path, which raises each task's own exception from ``result()``.
+        """
+        runtime = self._runtime
+        refs: list[Any] = []
+        loading: list[Future[Any]] = []
+        running: list[_RayFuture[Any]] = []  # not finished: no watcher needed while we wait
+        for future in futures:
+            if future._state != _FINISHED and isinstance(future, _RayFuture):
+                ref = future.handle
+                running.append(future)
+                future._fetching = True
+            else:
+                result = future._result
+                if type(result) is not _Serialized or result.loads is not _load:
+                    continue  # loaded already, or failed
+                ref = result.data
+            refs.append(ref)
+            loading.append(future)
+        try:
+            if not refs or runtime is None or runtime.closed:
+                cf.wait(futures, timeout)
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                values = ray.get(refs, timeout=timeout)
+            except rex.GetTimeoutError:
+                return
+            except Exception:  # a task failed, or Ray stops: each future's own path tells
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                cf.wait(futures, left)
+                return
+            for future, data in zip(loading, values, strict=True):
+                try:
+                    value = loads(data)
+                except Exception:  # unpicklable here: result() raises the SerializationError
+                    continue
+                runtime.loaded(future, value)
+        finally:
+            for future in running:  # left unfinished: from now on it completes by itself
+                future._fetching = False
+                if future._state != _FINISHED:
+                    future._watch()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -236,6 +319,7 @@ class RayBackend(Backend):
         if wait:
             cf.wait(mine)
         self._calls.clear()
+        self._specs.clear()
         self._functions.clear()
         _release(runtime)
 
@@ -249,7 +333,31 @@ class RayBackend(Backend):
         data = dep.serialized_result()  # raises the input's exception if it failed
         if data is None:
             data = dumps_value(dep.result(), "the value of an input future")
-        return Pickled(data)
+        return data
+
+    def _spec(self, runtime: _Runtime, fn_data: bytes, options: TaskOptions, mode: int
+              ) -> _Spec:
+        """What every task of this function, options and mode passes to :func:`_run_task`.
+
+        A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
+        initializer)``, which a worker unpickles once and then knows by the token. Inline
+        when small; else the token, the pickle's ObjectRef (put once; a worker reads it
+        only when it does not know the token) and the initializer's ``(token, ObjectRef)``.
+        """
+        remote, retry_on = self._call(runtime, options)
+        init = self._initializer()
+        small_init = init is None or isinstance(init[1], bytes)
+        data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
+                                           init if small_init else None))
+        arg: Any = data
+        if len(data) > INLINE_BYTES or not small_init:
+            arg = (data[:16], data if len(data) <= INLINE_BYTES else ray.put(data),
+                   None if small_init else init)
+        spec = _Spec(fn_data, options, arg, remote)
+        if len(self._specs) >= SPECS_MAX:
+            self._specs.clear()
+        self._specs[(id(fn_data), id(options), mode)] = spec
+        return spec
 
     def _call(self, runtime: _Runtime, options: TaskOptions) -> tuple[Any, Pickled]:
         """The remote function with Ray options for ``options``, and the pickled retry_on."""
@@ -279,7 +387,7 @@ class RayBackend(Backend):
         with self._lock:
             if self._init is None:
                 self._init = (uuid.uuid4().hex,
-                              data if len(data) <= INLINE_INIT_BYTES else ray.put(data))
+                              data if len(data) <= INLINE_BYTES else ray.put(data))
             return self._init
 
 
@@ -300,8 +408,13 @@ class _Runtime:
         self.closing = False  # no users left; close when the last pending task finishes
         self.pending: set[Future[Any]] = set()
         self.unread: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # values still in Ray
+        #: Futures not watched yet, oldest first: ``(submitted at, weak reference)``.
+        self.unwatched: collections.deque[tuple[float, weakref.ref[_RayFuture[Any]]]] = (
+            collections.deque()
+        )
+        self.watch_lock = threading.Lock()  # orders watching against closing
         self.remote = ray.remote(_run_task)
-        self.completer = _Completer(self.complete)
+        self.completer = _Completer(self.complete, self.sweep)
         self._nodes: list[dict[str, float]] = []
         self._nodes_at = -math.inf
 
@@ -311,10 +424,38 @@ class _Runtime:
             return "the Ray this program started with ray.init()"
         return self.target or "a private local Ray on 127.0.0.1"
 
-    def watch(self, future: Future[Any]) -> None:
+    def track(self, future: _RayFuture[Any]) -> None:
+        """A submitted task: pending until done, watched once something waits for it."""
         with _lock:
             self.pending.add(future)
-        self.completer.watch(future)
+        self.unwatched.append((time.monotonic(), weakref.ref(future)))
+
+    def watch(self, future: _RayFuture[Any]) -> None:
+        """Have ``future`` completed as soon as its task finishes."""
+        with self.watch_lock:
+            if not self.closed:  # else Ray may be stopped: no more Ray calls
+                self.completer.watch(future)
+
+    def sweep(self) -> None:
+        """Watch the futures nothing has waited for within WATCH_AFTER seconds.
+
+        So a future nobody reads still completes and lets go of its ObjectRef (Ray then
+        frees the value), and the tasks behind ``shutdown(wait=False)`` end the runtime.
+        """
+        now = time.monotonic()
+        unwatched = self.unwatched
+        while unwatched and (self.closing or now - unwatched[0][0] > WATCH_AFTER):
+            try:
+                _, ref = unwatched.popleft()
+            except IndexError:  # cleared by _close meanwhile
+                return
+            future = ref()
+            if future is None or future._watched or future._state == _FINISHED:
+                continue
+            if future._fetching and not self.closing:  # a fetch waits for it: look again later
+                unwatched.append((now, ref))
+                continue
+            future._watch()
 
     def unfinished(self, backend: RayBackend) -> list[Future[Any]]:
         with _lock:
@@ -333,6 +474,19 @@ class _Runtime:
                 future.set_exception(_engine_error(error))
         except cf.InvalidStateError:  # failed by an exiting interpreter meanwhile
             pass
+        if close:
+            _close(self)
+
+    def loaded(self, future: Future[Any], value: Any) -> None:
+        """Complete ``future`` with its value, fetched by :meth:`RayBackend.fetch`."""
+        try:
+            future.set_result(value)
+        except cf.InvalidStateError:  # completed by the completer meanwhile
+            future.set_loaded(value)
+            return
+        with _lock:
+            self.pending.discard(future)
+            close = self.closing and not self.pending
         if close:
             _close(self)
 
@@ -397,6 +551,7 @@ def _release(runtime: _Runtime) -> None:
             return
         if runtime.pending:  # shutdown(wait=False): its tasks still run, then Ray stops
             runtime.closing = True
+            runtime.completer.wake()  # which watches them all
             return
     _close(runtime)
 
@@ -406,9 +561,11 @@ def _close(runtime: _Runtime, *, exiting: bool = False) -> None:
     with _lock:
         if runtime.closed or (runtime.users and not exiting):
             return
-        runtime.closed = True
+        with runtime.watch_lock:
+            runtime.closed = True
         dropped = list(runtime.pending)
         runtime.pending.clear()
+        runtime.unwatched.clear()
         runtime.completer.stop()
         if not exiting:  # results the program still holds stay readable
             for future in list(runtime.unread):
@@ -562,28 +719,113 @@ class _Completer:
 
     ``ObjectRef._on_ready`` calls back on Ray's I/O thread without fetching the value;
     user code (a done callback may call ``result()``, i.e. ``ray.get``) must not run
-    there, so the callback only queues the future for this thread.
+    there, so the callback only queues the future for this thread. Every SWEEP_EVERY
+    seconds the thread also calls ``sweep``.
     """
 
-    def __init__(self, complete: Callable[[Future[Any], BaseException | None], None]) -> None:
+    def __init__(self, complete: Callable[[Future[Any], BaseException | None], None],
+                 sweep: Callable[[], None]) -> None:
         self._complete = complete
-        self._queue: queue.SimpleQueue[tuple[Future[Any], BaseException | None] | None] = (
+        self._sweep = sweep
+        self._queue: queue.SimpleQueue[tuple[Future[Any] | None, BaseException | None] | None] = (
             queue.SimpleQueue()
         )
         threading.Thread(target=self._run, name="unidist-api-ray-completer", daemon=True).start()
 
     def watch(self, future: Future[Any]) -> None:
-        future.handle._on_ready(functools.partial(self._ready, future))
+        try:
+            future.handle._on_ready(functools.partial(self._ready, future))
+        except Exception as exc:  # Ray cannot wait for it (e.g. stopped by the program)
+            self._ready(future, exc)
 
     def _ready(self, future: Future[Any], error: BaseException | None) -> None:
         self._queue.put((future, error))
+
+    def wake(self) -> None:
+        """Sweep now."""
+        self._queue.put((None, None))
 
     def stop(self) -> None:
         self._queue.put(None)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            self._complete(*item)
+        swept = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=SWEEP_EVERY)
+            except queue.Empty:
+                item = (None, None)
+            if item is None:
+                return
+            future, error = item
+            if future is not None:
+                self._complete(future, error)
+            if future is None or time.monotonic() - swept > SWEEP_EVERY:
+                self._sweep()
+                swept = time.monotonic()
+
+
+_FINISHED = cf._base.FINISHED
+T = TypeVar("T")
+
+
+class _RayFuture(Future[T]):
+    """A task's future, watched (``_on_ready``) only once something waits for it.
+
+    ``result()`` and ``gather`` wait through :meth:`RayBackend.fetch`, in the caller's
+    thread, and need no watcher; whatever else waits (``done()``, ``exception()``,
+    ``add_done_callback``, ``await``, and ``concurrent.futures.wait``/``as_completed``,
+    which install their waiters in ``_waiters``) watches the future first. The sweep
+    watches the rest within WATCH_AFTER seconds.
+    """
+
+    def __init__(self, backend: RayBackend, runtime: _Runtime) -> None:
+        self._runtime = runtime
+        self._watched = False
+        self._fetching = False  # a fetch waits for it (the sweep leaves it alone)
+        super().__init__(backend)
+
+    def _watch(self) -> None:
+        if not self._watched:
+            self._watched = True
+            self._runtime.watch(self)
+
+    @property
+    def _waiters(self) -> list[Any]:
+        if not self._watched and self._state != _FINISHED:
+            self._watch()
+        return self._waiter_list
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
+
+    def done(self) -> bool:
+        if self._state == _FINISHED:
+            return True
+        self._watch()
+        return super().done()
+
+    def result(self, timeout: float | None = None) -> T:
+        if self._state != _FINISHED and self._backend is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._backend.fetch([self], timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state != _FINISHED:
+            self._watch()
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
+        if self._state != _FINISHED:
+            self._watch()
+        super().add_done_callback(fn)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("<_RayFuture", "<ua.Future", 1)
 
 
 if not hasattr(ray.ObjectRef, "_on_ready"):
@@ -599,13 +841,10 @@ def _load(ref: Any) -> Any:
             "Ray was stopped (at interpreter exit) before this result was fetched"
         ))
     try:
-        return ray.get(ref)
-    except rex.RaySystemError as err:
-        if isinstance(err.client_exc, Exception):  # the value could not be unpickled here
-            raise err.client_exc from err
-        raise _task_error(err, ref) from None
+        data = ray.get(ref)
     except rex.RayError as err:
         raise _task_error(err, ref) from None
+    return loads(data)
 
 
 def _task_error(err: BaseException, ref: Any) -> RemoteFailure:
@@ -640,20 +879,61 @@ def _engine_error(err: BaseException) -> BaseException:
     return mapped
 
 
+class _Spec:
+    """A task's fixed part: its function, options and mode, pickled once (in ``arg``)."""
+
+    __slots__ = ("fn_data", "options", "arg", "remote")
+
+    def __init__(self, fn_data: bytes, options: TaskOptions, arg: Any, remote: Any) -> None:
+        self.fn_data, self.options, self.arg, self.remote = fn_data, options, arg, remote
+
+
 # -- on the worker -------------------------------------------------------------------------
-def _run_task(init: tuple[str, Any] | None, fn_data: bytes, payload: bytes, mode: int,
-              retries: int, retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
-    """The one remote function: initializer, then the task, then its pickled value."""
+def _run_task(*args: Any) -> bytes:
+    """The one remote function: initializer, then the task, then its pickled value.
+
+    ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
+    checks the fastest at each call).
+    """
+    spec, payload, *inputs = args
     try:
+        fn_data, mode, retries, retry_on, init = _load_spec(spec)
         if init is not None:
             _initialize(*init)
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs)
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, pickled=True)
     except (Exception, SystemExit) as exc:
         raise _TaskFailed.carrying(exc) from None
     try:
-        return Pickled(dumps(value))
+        return dumps(value)
     except Exception as exc:
         raise _TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
+
+
+_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any]
+_specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
+
+
+def _load_spec(spec: Any) -> _Fixed:
+    """A task's spec (see ``RayBackend._spec``), unpickled once per worker process.
+
+    A large initializer travels beside the spec, and runs here.
+    """
+    data: Any
+    if type(spec) is bytes:
+        token, data = spec[:16], spec
+    else:
+        token, data, init = spec
+        if init is not None:
+            _initialize(*init)
+    fixed = _specs.get(token)
+    if fixed is None:
+        if type(data) is not bytes:  # too large to go inline: read once from the object store
+            data = ray.get(data)
+        fixed = loads(memoryview(data)[16:])
+        if len(_specs) >= SPECS_MAX:
+            del _specs[next(iter(_specs))]
+        _specs[token] = fixed
+    return fixed
 
 
 _initialized: set[str] = set()  # tokens of the executors whose initializer ran in this process
