@@ -19,7 +19,8 @@ Backend options:
 How the contract maps onto Dask:
 
 - **A task** is one ``client.submit(_run, ...)`` with ``pure=False`` (never deduplicated) and
-  a readable unique key (``<function>-<uuid>``). Input futures of this executor go in as
+  a readable unique key (``<function>-<32 hex digits>``: a random prefix per executor and
+  a counter, cheaper than a uuid per task). Input futures of this executor go in as
   Dask futures, so their values move worker to worker; futures of other executors go in as
   values. ``_run`` wraps :func:`~unidist_api.worker.run_native`, which gives each attempt
   its own copy of the arguments, and pickles the value on the worker, as ``local`` does:
@@ -32,9 +33,18 @@ How the contract maps onto Dask:
   the task is rescheduled until ``distributed.scheduler.allowed-failures`` (default 3)
   workers died with it, then fails with ``WorkerLostError``.
 - **Completion** uses one ``add_done_callback`` per Dask future (Dask runs callbacks on its
-  own callback thread, not its event loop). The value stays on the cluster until
-  ``result()`` asks for it, one round trip per future; ``shutdown`` first brings over, in
-  one batch, the values of finished tasks not read yet, so futures work after it.
+  own callback thread, not its event loop), which completes our future and leaves the value
+  on the cluster until asked for. ``fetch`` (``fetches`` is set) asks for many at once:
+  ``gather`` waits for all its futures and brings over the values not read yet in one
+  ``client.gather``, and ``result()`` on an unfinished future waits and loads in one call
+  from the caller's thread, as Dask's own ``Future.result()`` does, instead of waiting for
+  the callback thread and then asking; a future finished that way is completed by
+  ``fetch`` (its callback then finds it done). A task that failed is left to its
+  callback, and a gather that fails (a value that cannot be unpickled here, a lost
+  connection) leaves every value to ``result()``, which reads each alone: errors are the
+  same either way. ``result()`` on a finished future nobody fetched is one round trip;
+  ``shutdown`` first brings over, in one batch, the values of finished tasks not read yet,
+  so futures work after it.
 - **put** pickles the object here (an error names it) and scatters it once, under a key of
   its own (two puts of equal objects are two objects). It lives on one worker until tasks
   elsewhere copy it; if that worker dies, Dask cannot recompute it: reading it, or a task
@@ -77,13 +87,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import functools
+import itertools
 import logging
 import multiprocessing.spawn
 import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import dask.config
@@ -122,6 +133,7 @@ sizeof.register(Pickled)(lambda value: len(value.data))  # Dask's memory account
 class DaskBackend(Backend):
     name = "dask"
     takes_address = True
+    fetches = True
     option_names = frozenset({"connect_timeout", "threads_per_worker"})
 
     def __init__(self, *, address: str | None, workers: int | None,
@@ -141,10 +153,13 @@ class DaskBackend(Backend):
         self._closed = False
         self._threads_seen = 0  # worker threads of a running cluster, when last asked
         self._functions = FunctionCache()
+        self._key_prefix = uuid.uuid4().hex[:20]  # task keys: this, then a counter
+        self._key_count = itertools.count()
         self._track_lock = threading.Lock()
         self._unfinished: set[Future[Any]] = set()
         self._cancelling: set[Key] = set()  # keys of tasks we asked Dask to cancel
-        self._unread: weakref.WeakSet[_Result] = weakref.WeakSet()  # values still on the cluster
+        # finished tasks' and puts' values still on the cluster (loaded ones drop out), by key
+        self._unread: weakref.WeakValueDictionary[Key, _Result] = weakref.WeakValueDictionary()
 
     @property
     def workers(self) -> int:
@@ -176,7 +191,7 @@ class DaskBackend(Backend):
         handle = client.submit(
             _run, fn_data, payload, task.mode, options.retries, _retry_on(options),
             *[self._input(dep) for dep in inputs],
-            key=f"{funcname(task.fn)}-{uuid.uuid4().hex}", pure=False,
+            key=f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}", pure=False,
             resources=None if options is DEFAULT_OPTIONS else _resource_request(options),
         )
         future: Future[Any] = Future(self, handle=handle)
@@ -190,7 +205,10 @@ class DaskBackend(Backend):
         key = f"put-{uuid.uuid4().hex}"
         handle = self._get_client().scatter({key: Pickled(data)}, hash=False)[key]
         future: Future[Any] = Future(self, handle=handle)
-        future.set_serialized_result(_Result(handle), _Result.read)
+        result = _Result(handle, put=True)
+        with self._track_lock:
+            self._unread[key] = result
+        future.set_serialized_result(result, _Result.read)
         return future
 
     def cancel(self, future: Future[Any]) -> bool:
@@ -205,6 +223,47 @@ class DaskBackend(Backend):
     def running(self, future: Future[Any]) -> bool:
         handle: DaskFuture[Any] | None = future.handle
         return handle is not None and handle.status == "pending" and bool(self._started([handle]))
+
+    def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
+        """Wait for ``futures``; bring over the values not read yet in one ``client.gather``.
+
+        With a ``timeout`` (Dask's gather has none), only those finished by then are
+        loaded. A future Dask finished before its callback ran is completed here.
+        """
+        if timeout is not None:
+            cf.wait(futures, timeout)
+        wanted: list[tuple[Future[Any], _Result | None]] = []
+        with self._track_lock:
+            for future in futures:
+                handle = future.handle
+                if handle is None:
+                    continue
+                if not future.done():
+                    if timeout is None:
+                        wanted.append((future, None))
+                    continue
+                result = self._unread.get(handle.key)
+                if result is not None and result.unread:
+                    wanted.append((future, result))
+        waiting = [future for future, result in wanted if result is None]  # not done yet
+        client = self._client
+        values = None
+        if wanted and client is not None:
+            values = _gather(client, [future.handle for future, _ in wanted])
+        if values is not None:
+            waiting = []
+            for (future, result), value in zip(wanted, values, strict=True):
+                if value is _FAILED:
+                    if result is None:
+                        waiting.append(future)
+                    continue
+                if result is None:
+                    self._complete(future, value)
+                else:
+                    result.keep(value)
+                    future.set_loaded(value)
+        if waiting:  # their callbacks bring the failure (or shutdown does)
+            cf.wait(waiting)
 
     def describe(self) -> dict[str, Any]:
         client = self._get_client()
@@ -292,6 +351,8 @@ class DaskBackend(Backend):
             self._unfinished.discard(future)
             cancelled = handle.key in self._cancelling
             self._cancelling.discard(handle.key)
+        if future.done():  # completed by fetch (or shutdown) already
+            return
         try:
             if cancelled:
                 future.cancel()
@@ -300,7 +361,7 @@ class DaskBackend(Backend):
             else:
                 result = _Result(handle)
                 with self._track_lock:
-                    self._unread.add(result)
+                    self._unread[handle.key] = result
                 future.set_serialized_result(result, _Result.read)
         except cf.InvalidStateError:
             pass  # failed by shutdown meanwhile
@@ -309,6 +370,15 @@ class DaskBackend(Backend):
                 future.set_exception(exc)
             except cf.InvalidStateError:
                 pass
+
+    def _complete(self, future: Future[Any], value: Any) -> None:
+        """Complete ``future`` with its fetched value, unless its callback did meanwhile."""
+        with self._track_lock:
+            self._unfinished.discard(future)
+        try:
+            future.set_result(value)
+        except cf.InvalidStateError:  # the callback came first (or shutdown)
+            future.set_loaded(value)
 
     def _check_offered(self, request: dict[str, float]) -> None:
         """Refuse a resource request that no worker of the cluster could ever satisfy."""
@@ -371,18 +441,19 @@ class DaskBackend(Backend):
     def _fetch_unread(self) -> None:
         """Bring values nobody has read yet to this process, before the cluster goes away."""
         with self._track_lock:
-            unread = [result for result in self._unread if result.unread]
+            unread = [result for result in self._unread.values()
+                      if result.unread and not result.put]
         client = self._client
         if client is None or not unread:
             return
-        try:
-            values = client.gather([result.handle for result in unread])
-        except Exception:  # one of them fails: find out which, one at a time
-            for result in unread:
-                result.fetch()
-            return
+        values = _gather(client, [result.handle for result in unread])
+        if values is None:  # one of them cannot be brought over: find out which, one at a time
+            values = [_FAILED] * len(unread)
         for result, value in zip(unread, values, strict=True):
-            result.keep(value)
+            if value is _FAILED:
+                result.fetch()
+            else:
+                result.keep(value)
 
     def _close(self) -> None:
         """Stop what we started, without waiting; tasks not finished fail."""
@@ -462,15 +533,32 @@ def _retry_on(options: TaskOptions) -> Any:
 
 # -- results and failures --------------------------------------------------------------------
 _UNREAD: Any = object()
+_FAILED: Any = object()  # what _gather gives for a task that failed or was cancelled
+
+
+def _gather(client: Client, handles: list[DaskFuture[Any]]) -> list[Any] | None:
+    """The values of ``handles`` (waiting for them) in one gather; None if it fails.
+
+    A task that failed or was cancelled gives ``_FAILED``; the gather fails when a value
+    cannot be brought over (lost touch, cannot be unpickled here).
+    """
+    try:
+        found = client.gather(dict(enumerate(handles)), errors="skip")
+    except (Exception, asyncio.CancelledError):
+        return None
+    failed = ("error", "cancelled")
+    return [_FAILED if handle.status in failed or index not in found else found[index]
+            for index, handle in enumerate(handles)]
 
 
 class _Result:
-    """A finished task's value: on the cluster until read (or fetched at shutdown)."""
+    """A finished task's (or put's) value: on the cluster until read or fetched."""
 
-    __slots__ = ("handle", "_value", "_failure", "__weakref__")
+    __slots__ = ("handle", "put", "_value", "_failure", "__weakref__")
 
-    def __init__(self, handle: DaskFuture[Any]) -> None:
+    def __init__(self, handle: DaskFuture[Any], *, put: bool = False) -> None:
         self.handle = handle
+        self.put = put  # a put's value is not brought over at shutdown
         self._value: Any = _UNREAD
         self._failure: RemoteFailure | None = None
 

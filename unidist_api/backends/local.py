@@ -10,6 +10,7 @@ has ``/dev/shm``), so many tasks share one copy instead of one pipe transfer eac
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import os
 import queue
@@ -44,6 +45,7 @@ class LocalBackend(Backend):
         self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
         self._store: _Store | None = None
         self._unfinished: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # for cancel_futures
+        self._stopped_at_exit = False  # in _running (a flag: cheaper than asking the WeakSet)
 
     # -- the pool -----------------------------------------------------------------
     def _get_pool(self) -> Any:
@@ -73,10 +75,11 @@ class LocalBackend(Backend):
             # Check now what can be checked, so errors still surface at submit time.
             self._functions.get(task.fn)
             dumps_arguments(task.fn, *resolve_arguments(task, _placeholder))
+            self._unfinished.add(future)
             self._defer(future, task, pending)
         else:
-            self._dispatch(future, task)
-        self._unfinished.add(future)
+            self._unfinished.add(future)
+            self._dispatch(future, task, fresh=True)
         return future
 
     def put(self, obj: Any) -> Future[Any]:
@@ -110,6 +113,7 @@ class LocalBackend(Backend):
         with self._lock:
             pool, self._pool = self._pool, None
         _running.discard(self)
+        self._stopped_at_exit = False
         if pool is not None:
             if not wait:  # queued tasks still run, but not past interpreter exit
                 _finishing.extend(getattr(pool, "_processes", {}).values())
@@ -120,9 +124,13 @@ class LocalBackend(Backend):
         self._functions.clear()
 
     # -- internals -----------------------------------------------------------------------
-    def _dispatch(self, future: Future[Any], task: Task) -> None:
-        """Pickle the call here (errors surface in the caller) and hand it to the pool."""
-        if future.done():
+    def _dispatch(self, future: Future[Any], task: Task, *, fresh: bool = False) -> None:
+        """Pickle the call here (errors surface in the caller) and hand it to the pool.
+
+        ``fresh``: called from ``submit``, before anyone else has the future (so it cannot
+        have been cancelled): the checks for a cancelled one are skipped.
+        """
+        if not fresh and future.done():
             return
         try:
             args, kwargs = resolve_arguments(task, self._worker_value)
@@ -137,24 +145,29 @@ class LocalBackend(Backend):
             run_pickled, fn_data, payload, task.mode, options.retries, options.retry_on
         )
         future.handle = handle
-        if self not in _running:  # after loky's first submit, which registers loky's hook
+        if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             _stop_at_exit(self)
         handle.add_done_callback(functools.partial(self._on_done, future, held))
-        if future.cancelled():
+        if not fresh and future.cancelled():
             handle.cancel()
 
     def _on_done(self, future: Future[Any], held: list[str], handle: Any) -> None:
         self._unfinished.discard(future)
         if held and self._store is not None:
             self._store.release(held)
-        if handle.cancelled():
+        try:
+            exc = handle.exception()
+        except cf.CancelledError:
             future.cancel()
             return
-        exc = handle.exception()
         if exc is None:
             outcome: Outcome = handle.result()
             complete(future, outcome)
-            return
+        else:
+            self._fail(future, exc)
+
+    def _fail(self, future: Future[Any], exc: BaseException) -> None:
+        """Complete ``future`` with the pool's failure (the task's own comes as an outcome)."""
         import loky
         from loky.process_executor import ShutdownExecutorError
 
@@ -246,6 +259,7 @@ def _stop_at_exit(backend: LocalBackend) -> None:
     """
     global _exit_hook
     _running.add(backend)
+    backend._stopped_at_exit = True
     if not _exit_hook:
         _exit_hook = True
         threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
