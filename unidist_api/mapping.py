@@ -133,7 +133,7 @@ class _Stream:
         self.source = source
         self.batcher = batcher
         self.window = window
-        self.max_batches = 2 * workers + 1
+        self.max_batches = 4 * workers
         self.exhausted = False
         self.in_flight = 0  # items submitted and not yet yielded
         self.pending: deque[tuple[Future[Any], int]] = deque()
