@@ -32,19 +32,26 @@ How the contract maps onto Dask:
   exception and a whole batch, so it is not used. A worker that dies is Dask's business:
   the task is rescheduled until ``distributed.scheduler.allowed-failures`` (default 3)
   workers died with it, then fails with ``WorkerLostError``.
-- **Completion** uses one ``add_done_callback`` per Dask future (Dask runs callbacks on its
-  own callback thread, not its event loop), which completes our future and leaves the value
-  on the cluster until asked for. ``fetch`` (``fetches`` is set) asks for many at once:
-  ``gather`` waits for all its futures and brings over the values not read yet in one
-  ``client.gather``, and ``result()`` on an unfinished future waits and loads in one call
-  from the caller's thread, as Dask's own ``Future.result()`` does, instead of waiting for
-  the callback thread and then asking; a future finished that way is completed by
-  ``fetch`` (its callback then finds it done). A task that failed is left to its
-  callback, and a gather that fails (a value that cannot be unpickled here, a lost
-  connection) leaves every value to ``result()``, which reads each alone: errors are the
-  same either way. ``result()`` on a finished future nobody fetched is one round trip;
-  ``shutdown`` first brings over, in one batch, the values of finished tasks not read yet,
-  so futures work after it.
+- **Completion** comes from the messages the scheduler sends our client: its handlers of
+  "key-in-memory", "task-erred", "cancelled-keys" and "restart" also note our keys, and
+  each batch of messages goes in one piece to our completion thread, which completes our
+  futures (the value stays on the cluster until asked for). Dask's public
+  ``add_done_callback`` would cost, per future, a coroutine on the client's event loop and
+  a hop to Dask's callback thread: about a tenth of Dask's own cost per task. Those
+  handlers are not public API: a client without them (another Dask version) gets one
+  ``add_done_callback`` per future instead, and once a second the completion thread also
+  completes any future whose Dask future is no longer pending, in case Dask finished one
+  without a message (it does when the client loses its scheduler).
+- **fetch** (``fetches`` is set) asks for many values at once: ``gather`` waits for all its
+  futures and brings over the values not read yet in one ``client.gather``, and
+  ``result()`` on an unfinished future waits and loads in one call from the caller's
+  thread, as Dask's own ``Future.result()`` does, instead of waiting for the completion
+  and then asking; a future finished that way is completed by ``fetch``. A task that
+  failed is left to the completion thread, and a gather that fails (a value that cannot
+  be unpickled here, a lost connection) leaves every value to ``result()``, which reads
+  each alone: errors are the same either way. ``result()`` on a finished future nobody
+  fetched is one round trip; ``shutdown`` first brings over, in one batch, the values of
+  finished tasks not read yet, so futures work after it.
 - **put** pickles the object here (an error names it) and scatters it once, under a key of
   its own (two puts of equal objects are two objects). It lives on one worker until tasks
   elsewhere copy it; if that worker dies, Dask cannot recompute it: reading it, or a task
@@ -91,7 +98,9 @@ import itertools
 import logging
 import multiprocessing.spawn
 import os
+import queue
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -156,8 +165,11 @@ class DaskBackend(Backend):
         self._key_prefix = uuid.uuid4().hex[:20]  # task keys: this, then a counter
         self._key_count = itertools.count()
         self._track_lock = threading.Lock()
-        self._unfinished: set[Future[Any]] = set()
+        self._unfinished: dict[Key, Future[Any]] = {}  # our futures not completed yet
         self._cancelling: set[Key] = set()  # keys of tasks we asked Dask to cancel
+        # completion from the client's report stream (None: one add_done_callback each)
+        self._completions: queue.SimpleQueue[list[Key] | None] | None = None
+        self._reported: list[Key] = []  # keys reported done, not handed over (event loop only)
         # finished tasks' and puts' values still on the cluster (loaded ones drop out), by key
         self._unread: weakref.WeakValueDictionary[Key, _Result] = weakref.WeakValueDictionary()
 
@@ -188,16 +200,26 @@ class DaskBackend(Backend):
         fn_data, payload, inputs = prepare_native(task, self._functions)
         client = self._get_client()
         options = task.options
-        handle = client.submit(
-            _run, fn_data, payload, task.mode, options.retries, _retry_on(options),
-            *[self._input(dep) for dep in inputs],
-            key=f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}", pure=False,
-            resources=None if options is DEFAULT_OPTIONS else _resource_request(options),
-        )
-        future: Future[Any] = Future(self, handle=handle)
-        with self._track_lock:
-            self._unfinished.add(future)
-        handle.add_done_callback(functools.partial(self._on_done, future))
+        key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"
+        future: Future[Any] = Future(self)
+        with self._track_lock:  # before Dask can report it done
+            self._unfinished[key] = future
+        try:
+            handle = client.submit(
+                _run, fn_data, payload, task.mode, options.retries, _retry_on(options),
+                *[self._input(dep) for dep in inputs], key=key, pure=False,
+                resources=None if options is DEFAULT_OPTIONS else _resource_request(options),
+            )
+        except BaseException:
+            with self._track_lock:
+                self._unfinished.pop(key, None)
+            raise
+        future.handle = handle
+        completions = self._completions
+        if completions is None:
+            handle.add_done_callback(functools.partial(self._on_done, future))
+        elif handle.status != "pending":  # reported before it had its handle: once more
+            completions.put([key])
         return future
 
     def put(self, obj: Any) -> Future[Any]:
@@ -315,6 +337,7 @@ class DaskBackend(Backend):
                 name = f"unidist-api-initializer-{uuid.uuid4().hex}"
                 client.register_plugin(_Initializer(self.init_data), name=name)
                 self._plugin = name
+            self._watch_reports(client)
         except BaseException:
             self._release(client, self._cluster)
             self._cluster = None
@@ -340,17 +363,114 @@ class DaskBackend(Backend):
                 "connect_timeout option"
             ) from exc
 
+    # -- completion ---------------------------------------------------------------------------
+    def _watch_reports(self, client: Client) -> None:
+        """Learn which tasks finished from the messages the scheduler sends our client.
+
+        Dask's ``add_done_callback`` costs, per future, a coroutine on the event loop and a
+        hop to Dask's callback thread (about a tenth of Dask's own cost per task). Instead,
+        the client's handlers of "key-in-memory", "task-erred", "cancelled-keys" and
+        "restart" also note our keys; each batch of messages goes in one piece to our
+        completion thread. A client without those handlers (another Dask version) gets
+        one ``add_done_callback`` per future, as before.
+        """
+        handlers = getattr(client, "_stream_handlers", None)
+        if not isinstance(handlers, dict) or not all(op in handlers for op in _REPORTS):
+            return
+        for op in _REPORTS:
+            handlers[op] = functools.partial(self._on_report, op, handlers[op])
+        completions: queue.SimpleQueue[list[Key] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._complete_loop, args=(completions,), daemon=True,
+                         name="unidist-api-dask-completion").start()
+        self._completions = completions
+
+    def _on_report(self, op: str, handler: Callable[..., Any], /, *args: Any,
+                   **kwargs: Any) -> Any:
+        """Dask's handler of one report (on the event loop), then note our keys in it."""
+        result = handler(*args, **kwargs)
+        try:
+            if op == "cancelled-keys":
+                keys = list(kwargs["keys"] if "keys" in kwargs else args[0])
+            elif op == "restart":
+                with self._track_lock:
+                    keys = list(self._unfinished)
+            else:
+                keys = [kwargs["key"] if "key" in kwargs else args[0]]
+            ours = [key for key in keys if key in self._unfinished]
+            if ours:
+                if not self._reported:  # hand them over once this batch of reports is handled
+                    asyncio.get_running_loop().call_soon(self._hand_over)
+                self._reported.extend(ours)
+        except Exception:  # never break Dask's report loop; the sweep finds them
+            logging.getLogger(__name__).debug("unexpected %r report", op, exc_info=True)
+        return result
+
+    def _hand_over(self) -> None:
+        """On the event loop: pass the keys reported since to the completion thread."""
+        keys, self._reported = self._reported, []
+        completions = self._completions
+        if keys and completions is not None:
+            completions.put(keys)
+
+    def _complete_loop(self, completions: queue.SimpleQueue[list[Key] | None]) -> None:
+        """Our completion thread: complete reported futures; once a second, sweep.
+
+        The sweep completes any future whose Dask future is no longer pending, in case
+        Dask finished one without a report (e.g. when the client lost its scheduler).
+        """
+        swept = time.monotonic()
+        while True:
+            try:
+                keys = completions.get(timeout=_SWEEP_INTERVAL)
+            except queue.Empty:
+                keys = []
+            if keys is None:
+                return
+            sweep = time.monotonic() - swept >= _SWEEP_INTERVAL
+            try:
+                # in a call of its own, so no future stays referenced from here while this
+                # thread waits: Dask releases a task's value when its last future goes
+                self._complete_reported(keys, sweep)
+            except Exception:  # keep completing the others
+                logging.getLogger(__name__).warning("completing dask futures failed",
+                                                    exc_info=True)
+            if sweep:
+                swept = time.monotonic()
+
+    def _complete_reported(self, keys: list[Key], sweep: bool) -> None:
+        for key in keys:
+            future = self._unfinished.get(key)
+            if future is not None:
+                self._finish(future)
+        if sweep:
+            with self._track_lock:
+                futures = list(self._unfinished.values())
+            for future in futures:
+                self._finish(future)
+
+    def _finish(self, future: Future[Any]) -> None:
+        """Complete ``future`` if Dask is done with its task (its handle may not be set yet)."""
+        handle: DaskFuture[Any] | None = future.handle
+        if handle is not None and handle.status != "pending":
+            self._on_done(future, handle)
+
     # -- tasks ------------------------------------------------------------------------------
     def _input(self, dep: Future[Any]) -> Any:
         """What a task receives for an input future: our Dask future, or another's value."""
         return dep.handle if dep._backend is self else dep.result()
 
     def _on_done(self, future: Future[Any], handle: DaskFuture[Any]) -> None:
-        """Dask's done callback (on its callback thread): complete ``future``, value left there."""
+        """Complete ``future`` from its finished Dask future, leaving the value there.
+
+        Runs on our completion thread, or as Dask's done callback on its callback thread.
+        """
+        key = handle.key
         with self._track_lock:
-            self._unfinished.discard(future)
-            cancelled = handle.key in self._cancelling
-            self._cancelling.discard(handle.key)
+            if self._unfinished.get(key) is future:
+                del self._unfinished[key]
+            cancelled = key in self._cancelling
+            if cancelled:
+                self._cancelling.discard(key)
         if future.done():  # completed by fetch (or shutdown) already
             return
         try:
@@ -374,7 +494,7 @@ class DaskBackend(Backend):
     def _complete(self, future: Future[Any], value: Any) -> None:
         """Complete ``future`` with its fetched value, unless its callback did meanwhile."""
         with self._track_lock:
-            self._unfinished.discard(future)
+            self._unfinished.pop(future.handle.key, None)
         try:
             future.set_result(value)
         except cf.InvalidStateError:  # the callback came first (or shutdown)
@@ -423,8 +543,8 @@ class DaskBackend(Backend):
         client.cancel(handles)
 
     def _cancel_unstarted(self) -> None:
-        with self._track_lock:
-            futures = list(self._unfinished)
+        with self._track_lock:  # those still in client.submit have no handle yet: they run
+            futures = [future for future in self._unfinished.values() if future.handle is not None]
         started = self._started(future.handle for future in futures)
         unstarted = [future for future in futures if future.handle not in started]
         self._cancel_in_dask([future.handle for future in unstarted])
@@ -433,7 +553,7 @@ class DaskBackend(Backend):
 
     def _drain_and_close(self) -> None:
         with self._track_lock:
-            unfinished = list(self._unfinished)
+            unfinished = list(self._unfinished.values())
         cf.wait(unfinished)
         self._fetch_unread()
         self._close()
@@ -463,8 +583,11 @@ class DaskBackend(Backend):
             cluster, self._cluster = self._cluster, None
         _untrack(self)
         with self._track_lock:
-            dropped = list(self._unfinished)
+            dropped = list(self._unfinished.values())
             self._unfinished.clear()
+            completions, self._completions = self._completions, None
+        if completions is not None:
+            completions.put(None)  # stops the completion thread
         for future in dropped:
             try:
                 future.set_exception(ExecutorShutdownError(
@@ -534,6 +657,9 @@ def _retry_on(options: TaskOptions) -> Any:
 # -- results and failures --------------------------------------------------------------------
 _UNREAD: Any = object()
 _FAILED: Any = object()  # what _gather gives for a task that failed or was cancelled
+# the client's handlers of the reports that finish a future (``_watch_reports``)
+_REPORTS = ("key-in-memory", "task-erred", "cancelled-keys", "restart")
+_SWEEP_INTERVAL = 1.0  # seconds between two looks at every unfinished future
 
 
 def _gather(client: Client, handles: list[DaskFuture[Any]]) -> list[Any] | None:
