@@ -24,3 +24,29 @@ def nap(seconds: float, x: int) -> int:
     """A pipeline stage: sleep (holding a worker slot, not a CPU), pass the item on."""
     time.sleep(seconds)
     return x
+
+
+def soak_square(x: int) -> tuple[int, int]:
+    """A soak map task: a short nap, then the square and the pid it ran in."""
+    import os
+
+    time.sleep(0.001 * (x % 3))
+    return x * x, os.getpid()
+
+
+def soak_add(a: int, b: int) -> int:
+    """A soak reduce step (associative)."""
+    time.sleep(0.001)
+    return a + b
+
+
+def soak_triple(x: int) -> int:
+    """A soak pipeline stage."""
+    time.sleep(0.002)
+    return 3 * x
+
+
+def soak_minus(x: int) -> int:
+    """A soak pipeline stage."""
+    time.sleep(0.001)
+    return x - 7
