@@ -5,7 +5,8 @@ maps, pipelines and reduces of random sizes while a killer thread SIGKILLs a ran
 worker process (one whose pid a task reported) every few seconds. Every result is
 checked against plain Python (builtin ``map``, ``functools.reduce``). It reports, per
 backend, the tasks run, workers killed, results lost (must be 0: a run with any lost
-result exits with status 1) and the driver's memory at start (engine started) and end, and writes JSON.
+result exits with status 1) and the driver's memory at start (engine started) and end,
+and writes JSON.
 """
 
 from __future__ import annotations
