@@ -139,10 +139,11 @@ class _Stream:
         self.pending: deque[tuple[Future[Any], int]] = deque()
         self.deadline: float | None = None
         self.late: set[Future[Any]] = set()  # finished during submit, after the deadline
+        self.failed = False  # a batch failed in submit (serial): submit no more
 
     def fill(self, on_done: Callable[[Any], object] | None = None) -> None:
-        """Submit batches until the window or the input is exhausted."""
-        while not self.exhausted and len(self.pending) < self.max_batches:
+        """Submit batches until the window or the input is exhausted, or one failed."""
+        while not self.exhausted and not self.failed and len(self.pending) < self.max_batches:
             room = self.batcher.maximum if self.window is None else self.window - self.in_flight
             if room <= 0:
                 return
@@ -155,8 +156,10 @@ class _Stream:
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
             future = self.executor._submit_task(task)
-            if self.deadline is not None and future.done() and time.monotonic() > self.deadline:
-                self.late.add(future)  # a backend that runs tasks in submit (serial)
+            if future._state == cf._base.FINISHED:  # run in submit (serial); no engine call
+                self.failed = future.known_exception() is not None  # fail fast: stop here
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    self.late.add(future)
             self.pending.append((future, len(items)))
             self.in_flight += len(items)
             if on_done is not None:

@@ -16,6 +16,7 @@ and for any worker count.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -63,6 +64,47 @@ TARGET_SECONDS = 0.05  # work per block task
 MAX_BLOCK = 1 << 16
 
 
+class _Alarm:
+    """Rings when a task of the reduce fails, so no wait outlasts the first error.
+
+    A combination waits for both of its inputs, so without it an early failure would
+    surface only once every sibling subtree had finished (fail fast: docs/reliability.md).
+    It also keeps the reduce's unfinished tasks, to cancel them when it ends.
+    """
+
+    def __init__(self) -> None:
+        self.rung: cf.Future[cf.Future[Any]] = cf.Future()
+        self.tasks: list[Future[Any]] = []
+
+    def watch(self, future: Future[Any]) -> None:
+        if len(self.tasks) > 64:  # keep only the unfinished ones
+            self.tasks = [task for task in self.tasks if task._state != cf._base.FINISHED]
+        self.tasks.append(future)
+        future.add_done_callback(self._check)
+        self.check()  # a backend that runs the task in submit (serial)
+
+    def _check(self, future: cf.Future[Any]) -> None:
+        if not future.cancelled() and cf.Future.exception(future, 0) is not None:
+            with contextlib.suppress(cf.InvalidStateError):
+                self.rung.set_result(future)
+
+    def check(self) -> None:
+        """Raise the first failed task's exception, if one failed."""
+        if self.rung.done():
+            self.rung.result().result()
+
+    def wait(self, future: Future[Any]) -> None:
+        """Wait until ``future`` is done or a task failed (then raise its exception)."""
+        cf.wait([future, self.rung], return_when=cf.FIRST_COMPLETED)
+        if future.done():  # its callback may not have run yet
+            self._check(future)
+        self.check()
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
 def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Iterable[Any],
                 initial: Any = MISSING) -> Any:
     fn, options = unwrap(fn)
@@ -74,9 +116,12 @@ def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Ite
     leaves: deque[tuple[Future[Any], int, float]] = deque()  # block tasks still running
     max_leaves = 2 * executor.workers
     level, count = 0, 0  # block size is 2**level; count = items read so far
+    alarm = _Alarm()
 
     def submit(func: Callable[..., Any], *args: Any) -> Future[Any]:
-        return executor._submit_task(Task(func, args, {}, options, deps=find_futures(args, {})))
+        future = executor._submit_task(Task(func, args, {}, options, deps=find_futures(args, {})))
+        alarm.watch(future)
+        return future
 
     try:
         while True:
@@ -95,7 +140,7 @@ def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Ite
                 node_level += 1
             stack.append((node_level, future))
             if len(leaves) >= max_leaves:
-                level = _next_level(leaves, level, count)
+                level = _next_level(leaves, level, count, alarm)
         if not stack:
             if initial is MISSING:
                 raise TypeError("reduce() of empty iterable with no initial value")
@@ -105,21 +150,21 @@ def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Ite
             result = submit(fn, stack.pop()[1], result)
         if initial is not MISSING:
             result = submit(fn, initial, result)
+        alarm.wait(result)
         return result.result()
     finally:
-        for future, _, _ in leaves:
-            future.cancel()
+        alarm.cancel()
 
 
-def _next_level(leaves: deque[tuple[Future[Any], int, float]], level: int, count: int) -> int:
+def _next_level(leaves: deque[tuple[Future[Any], int, float]], level: int, count: int,
+                alarm: _Alarm) -> int:
     """Wait for the oldest block; grow blocks while they are quick, shrink when slow.
 
     A block of 2**k items must start at a multiple of 2**k, so the tree stays aligned.
+    A failed task ends the reduce at once.
     """
     future, size, started = leaves.popleft()
-    cf.wait([future])
-    if future.known_exception() is not None:  # a failed block ends the reduce now
-        future.result()
+    alarm.wait(future)
     elapsed = time.monotonic() - started
     if elapsed < TARGET_SECONDS / 2 and (1 << (level + 1)) <= MAX_BLOCK:
         if count % (1 << (level + 1)) == 0:

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import SerializationError
 
 __all__ = ["dumps", "loads", "dumps_function", "dumps_arguments", "Pickled", "FunctionCache",
-           "dumps_value"]
+           "dumps_value", "unloadable"]
 
 loads = pickle.loads
 
@@ -159,6 +159,61 @@ def _picklable(value: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+def unloadable(what: str, exc: Exception, data: bytes | None = None, *,
+               where: str | None = None) -> SerializationError:
+    """The error for a pickle a worker cannot load, naming ``what``, the module and the fix.
+
+    Mostly a module the caller imports but the workers cannot (cloudpickle pickles
+    functions and classes of importable modules by reference). ``data``, when given,
+    is searched for the names the pickle takes from that module. ``where`` names the
+    worker (default: this process, a worker).
+    """
+    where = where or f"the worker (pid {os.getpid()})"
+    module = exc.name if isinstance(exc, ImportError) else None
+    if not module:
+        fix = ("The workers must be able to unpickle it: run the same code and package "
+               "versions there as in the caller")
+        return SerializationError(f"{where} could not load {what}: "
+                                  f"{type(exc).__name__}: {exc}. {fix}.")
+    names = _globals_in(data, module) if data is not None else []
+    refers = f" (it refers to {', '.join(names)})" if names else ""
+    return SerializationError(
+        f"{where} could not load {what}{refers}: the module "
+        f"{module!r} cannot be imported there ({type(exc).__name__}: {exc}). Install that "
+        "module on the workers (or put its directory on their PYTHONPATH), or ship it by "
+        f"value: call cloudpickle.register_pickle_by_value({module.partition('.')[0]}) in "
+        "the caller before submitting."
+    )
+
+
+def _globals_in(data: bytes, module: str) -> list[str]:
+    """The ``module.name`` globals a pickle refers to in ``module`` (at most three)."""
+    import pickletools
+
+    found: list[str] = []
+    recent: list[Any] = []  # what each opcode pushed (strings, else None), for STACK_GLOBAL
+    memo: dict[Any, Any] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = recent[-1] if recent else None
+                continue
+            if op.name in ("GLOBAL", "STACK_GLOBAL", "INST"):
+                mod, name = (arg.split(" ", 1) if isinstance(arg, str) and " " in arg
+                             else recent[-2:] if len(recent) >= 2 else (None, None))
+                if isinstance(mod, str) and (mod == module or mod.startswith(module + ".")):
+                    if f"{mod}.{name}" not in found:
+                        found.append(f"{mod}.{name}")
+            if op.name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(arg))
+            elif op.name not in ("FRAME", "PROTO", "STOP"):
+                recent.append(arg if isinstance(arg, str) else None)
+            del recent[:-2]
+    except Exception:  # a truncated or odd pickle: name what was found so far
+        pass
+    return found[:3]
 
 
 class FunctionCache:

@@ -12,7 +12,6 @@ args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one ta
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -21,9 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import timeouts
 from .arguments import replace_instances
-from .errors import SerializationError, TaskError
-from .serialization import dumps, loads
+from .errors import SerializationError, TaskError, TaskTimeoutError
+from .serialization import dumps, loads, unloadable
 
 CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
@@ -64,31 +64,41 @@ class _Failed(Exception):
 
 
 def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int, retries: int,
-            retry_on: tuple[type[BaseException], ...]) -> Any:
+            retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
+            on_stuck: Callable[[], None] | None = None) -> Any:
     """Run one task; return its value (a :class:`Batch` in batch modes) or raise _Failed.
 
     ``load_args()`` returns a fresh ``(args, kwargs)``; each retry of an item gets its
-    own copy, so an attempt never sees what an earlier one mutated.
+    own copy, so an attempt never sees what an earlier one mutated. With a ``timeout``,
+    each attempt (each call of the function) is stopped after that many seconds and
+    the task fails with TaskTimeoutError, never retried (:mod:`unidist_api.timeouts`;
+    ``on_stuck`` is its hook for an attempt that cannot be interrupted).
     """
     try:
         fn = load_function(fn_data)
     except Exception as exc:
-        err = SerializationError(
-            f"the worker (pid {os.getpid()}) could not load the task function: {exc!r}. "
-            "Make the function's module importable on the workers, or define it where it "
-            "can be shipped by value (a script or __main__)."
-        )
-        raise _Failed(err, None, None) from None
+        raise _Failed(unloadable("the task function", exc, fn_data), None, None) from None
     start = time.perf_counter()
-    args, kwargs = load_args()
+    try:
+        args, kwargs = load_args()
+    except Exception as exc:  # e.g. an argument of a class the workers cannot import
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise _Failed(unloadable(f"the arguments of task {name}", exc), None, None) from None
     items = [(args, kwargs)] if mode == CALL else args[0]
     values = []
     for index, item in enumerate(items):
         attempt = 0
         while True:
             try:
-                values.append(_call(fn, mode, item))
+                if timeout is None:
+                    values.append(_call(fn, mode, item))
+                else:
+                    values.append(_timed_call(fn, mode, item, timeout, on_stuck))
                 break
+            except _TimedOut as timed_out:  # final: a stuck task would most likely stick again
+                tb = timed_out.tb
+                raise _Failed(timed_out.error, tb.tb_next if tb else None,
+                              values if mode else None) from None
             except (Exception, SystemExit) as exc:
                 if attempt < retries and isinstance(exc, retry_on):
                     attempt += 1
@@ -105,10 +115,11 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
 
 
 def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
-                retry_on: tuple[type[BaseException], ...]) -> Outcome:
+                retry_on: tuple[type[BaseException], ...], timeout: float | None = None
+                ) -> Outcome:
     """Run one task given as pickles; the outcome is pickled too (never raises)."""
     try:
-        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on)
+        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on, timeout)
     except _Failed as failed:
         return dump_error(failed.exc, failed.tb, failed.partial)
     try:
@@ -119,7 +130,8 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
 
 def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
                retry_on: tuple[type[BaseException], ...], *inputs: Any,
-               pickled: bool = False) -> Any:
+               pickled: bool = False, timeout: float | None = None,
+               on_stuck: Callable[[], None] | None = None) -> Any:
     """Run one task for an engine with an object store (Ray, Dask).
 
     ``payload`` holds the arguments with :class:`Input` placeholders where the caller
@@ -139,7 +151,7 @@ def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
         return args, kwargs
 
     try:
-        return execute(fn_data, load_args, mode, retries, retry_on)
+        return execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
         error = _prepare(failed)
     raise error  # outside the handler: no __context__ chain back to _Failed
@@ -193,6 +205,56 @@ def unpicklable_result(fn_data: bytes, value: Any, exc: Exception) -> Serializat
         f"the result of task {name} ({type(value).__module__}.{type(value).__qualname__}) "
         f"cannot be serialized to send it back: {exc}. Return something picklable."
     )
+
+
+class _TimedOut(Exception):
+    """Internal: an attempt ran past its timeout; ``tb`` shows where it was stopped."""
+
+    def __init__(self, error: TaskTimeoutError, tb: Any) -> None:
+        super().__init__(error)
+        self.error, self.tb = error, tb
+
+
+def timeout_message(name: str, timeout: float) -> str:
+    """What TaskTimeoutError says, on the worker and (Dask) in the caller alike."""
+    return (
+        f"task {name} ran longer than its timeout of {timeout:g} s and was stopped "
+        "(the timeout counts from the start of each attempt on a worker; a timed-out "
+        "attempt is final, not retried). Raise the task's timeout option, or make the "
+        "task faster"
+    )
+
+
+def _timed_call(fn: Callable[..., Any], mode: int, item: Any, timeout: float,
+                on_stuck: Callable[[], None] | None) -> Any:
+    """``_call`` under a deadline: raises _TimedOut when the watchdog stopped it."""
+    attempt = timeouts.arm(timeout, on_stuck)
+    tb = None
+    try:
+        try:
+            value = _call(fn, mode, item)
+        finally:
+            timeouts.disarm(attempt)
+    except BaseException as exc:  # the interrupt, or what the task made of it
+        timeouts.disarm(attempt)  # again: the interrupt may have cut the first one short
+        if not attempt.fired:
+            raise
+        tb = _without_handler(exc.__traceback__)
+    if attempt.fired:  # also when the task swallowed the interrupt and returned
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise _TimedOut(TaskTimeoutError(timeout_message(name, timeout)), tb)
+    return value
+
+
+def _without_handler(tb: Any) -> Any:
+    """``tb`` without its last frame when that is the SIGALRM handler raising Interrupt."""
+    last = tb
+    while last is not None and last.tb_next is not None:
+        if last.tb_next.tb_next is None and timeouts.is_handler(last.tb_next.tb_frame):
+            last.tb_next = None
+            break
+        last = last.tb_next
+    return tb
 
 
 def _call(fn: Callable[..., Any], mode: int, item: Any) -> Any:

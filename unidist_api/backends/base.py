@@ -22,14 +22,25 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..arguments import replace_futures
-from ..errors import ClusterConnectionError, InvalidOptionError, UnsupportedOptionError
+from ..errors import (
+    ClusterConnectionError,
+    InvalidOptionError,
+    UnsupportedOptionError,
+    WorkerLostError,
+)
 from ..futures import Future
 from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
-           "fail_from_engine", "positive_option", "check_listening"]
+           "fail_from_engine", "positive_option", "check_listening",
+           "LOST_WORKER_RETRIES", "task_name", "worker_lost"]
+
+#: How often a task whose worker process died is run again before it fails with
+#: WorkerLostError, on every backend: Ray's and Dask's own default. Independent of the
+#: ``retries`` task option, which counts exceptions the task raises (docs/reliability.md).
+LOST_WORKER_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -60,6 +71,9 @@ class Backend(ABC):
     takes_address: ClassVar[bool] = False
     #: Whether :meth:`fetch` beats waiting on each future (engines with an object store).
     fetches: ClassVar[bool] = False
+    #: Whether tasks get their ``timeout`` option on the worker (``run_pickled``'s
+    #: ``timeout``); without it, ``timeout`` is refused at submit rather than ignored.
+    honours_timeout: ClassVar[bool] = False
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -90,16 +104,17 @@ class Backend(ABC):
     def check_options(self, options: TaskOptions) -> None:
         """Refuse, at submit time, task options this backend cannot honour.
 
-        The default honours ``retries``/``retry_on`` and plain one-CPU tasks; engines that
-        schedule by resources override this.
+        The default honours ``retries``/``retry_on``, ``timeout`` (with
+        ``honours_timeout``) and plain one-CPU tasks; engines that schedule by resources
+        override this.
         """
         if options is DEFAULT_OPTIONS:
             return
-        if options.timeout is not None:
+        if options.timeout is not None and not self.honours_timeout:
             raise UnsupportedOptionError(
                 f"the task option timeout={options.timeout!r} is not supported by the "
-                f"{self.name!r} backend in this release; remove it, or enforce the limit "
-                "inside the task"
+                f"{self.name!r} backend; remove it, or use a backend that honours it "
+                "(serial, local, dask, ray)"
             )
         if options.gpus > 0:
             raise UnsupportedOptionError(
@@ -173,6 +188,27 @@ def check_listening(address: str, timeout: float, fix: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ClusterConnectionError(f"cannot reach {address!r}: {exc}. {fix}") from exc
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """The name error messages give a task: its function's qualified name."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def worker_lost(name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
+                ) -> WorkerLostError:
+    """The error for a task whose worker died ``lost`` times (``how``: the engine's word).
+
+    ``limit``: how often a task is run again after a lost worker (a Dask cluster we
+    connect to has its own setting).
+    """
+    return WorkerLostError(
+        f"a worker process died while running task {name!r}: it was lost {lost} times, "
+        f"and a task is run again at most {limit} times after losing its "
+        f"worker ({how}). The task most likely crashes its worker (os._exit, a segfault "
+        "in native code, running out of memory): fix that, or give the workers more "
+        "memory. The retries option does not apply: it counts exceptions the task raises"
+    )
 
 
 def complete(future: Future[Any], outcome: Outcome) -> None:

@@ -6,7 +6,8 @@ Without an address, the first task (or ``put``) starts a ``LocalCluster`` of ``w
 worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard. With
 ``address="tcp://host:8786"`` (or, when ours is unset, Dask's own ``scheduler-address``
 setting, e.g. ``DASK_SCHEDULER_ADDRESS``) a client connects to that scheduler, which we never
-stop; an unreachable one raises ``ClusterConnectionError`` after ``connect_timeout`` seconds.
+stop; an unreachable one, or one where no Dask scheduler answers (Dask's own handshake
+has no time limit), raises ``ClusterConnectionError`` within ``connect_timeout`` seconds.
 There, ``workers`` (if set) only sizes the buffers of ``map`` and ``pipeline``; unset, it is
 the cluster's thread count.
 
@@ -30,8 +31,14 @@ How the contract maps onto Dask:
 - **Retries** (``retries``/``retry_on``) happen inside ``run_native``, per item of a batch,
   with fresh arguments, only for ``retry_on``: Dask's ``retries=`` would retry any
   exception and a whole batch, so it is not used. A worker that dies is Dask's business:
-  the task is rescheduled until ``distributed.scheduler.allowed-failures`` (default 3)
-  workers died with it, then fails with ``WorkerLostError``.
+  the task is rescheduled until ``distributed.scheduler.allowed-failures`` + 1 workers
+  died with it, then fails with ``WorkerLostError``. The embedded cluster sets it to
+  ``LOST_WORKER_RETRIES`` (3, as on every backend); a cluster we connect to keeps its own.
+- **timeout**: the worker interrupts a task past its timeout with an asynchronous
+  exception in its thread; a thread blocked in a C call ignores that, so after a grace
+  the worker reports the task (event topic ``unidist-api-stuck-task``) and this client
+  fails its future with ``TaskTimeoutError``, cancels it and has that worker process exit
+  (its nanny starts a new one; ``_on_stuck``; docs/reliability.md, "Task timeouts").
 - **Completion** comes from the messages the scheduler sends our client: its handlers of
   "key-in-memory", "task-erred", "cancelled-keys" and "restart" also note our keys, and
   each batch of messages goes in one piece to our completion thread, which completes our
@@ -67,7 +74,9 @@ How the contract maps onto Dask:
   none of them just takes a thread. Embedded workers declare ``CPU`` (their threads) and
   ``MEMORY`` (their memory limit, Dask's default share of the machine); GPUs need a cluster
   whose workers declare them (``dask worker --resources "GPU=1"``). A request no current
-  worker offers is refused at submit; a cluster with no worker yet accepts it. Dask counts
+  worker offers is refused at submit; a cluster with no worker yet accepts it. A running
+  cluster's worker resources are asked for at most every ``OFFERS_MAX_AGE`` seconds (and
+  once more, at most once a second, before refusing), not once per task. Dask counts
   a resource only among the tasks that ask for it, so with several threads per worker a
   ``cpus=2`` task may share its worker with one-thread tasks.
 - **initializer** is a named ``WorkerPlugin`` per executor: Dask runs it once in every
@@ -96,9 +105,11 @@ import concurrent.futures as cf
 import functools
 import itertools
 import logging
+import math
 import multiprocessing.spawn
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -110,37 +121,47 @@ import dask.config
 from dask.sizeof import sizeof
 from dask.typing import Key
 from dask.utils import format_bytes, funcname
-from distributed import Client, KilledWorker, LocalCluster, Worker, WorkerPlugin
+from distributed import Client, KilledWorker, LocalCluster, Worker, WorkerPlugin, get_worker
 from distributed import Future as DaskFuture
 from distributed.system import MEMORY_LIMIT
 
 from ..errors import (
     ClusterConnectionError,
     ExecutorShutdownError,
-    InvalidOptionError,
+    TaskTimeoutError,
     UnsupportedOptionError,
     WorkerLostError,
 )
 from ..futures import Future, RemoteFailure
-from ..serialization import FunctionCache, Pickled, dumps, dumps_value
+from ..serialization import FunctionCache, Pickled, dumps, dumps_value, unloadable
 from ..task import DEFAULT_OPTIONS, TaskOptions
-from ..worker import run_initializer, run_native, unpicklable_result
+from ..worker import (
+    load_function,
+    run_initializer,
+    run_native,
+    timeout_message,
+    unpicklable_result,
+)
 from .base import (
+    LOST_WORKER_RETRIES,
     Backend,
     Task,
     check_listening,
     fail_from_engine,
     positive_option,
     prepare_native,
+    worker_lost,
 )
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
+OFFERS_MAX_AGE = 5.0  # seconds a running cluster's worker resources are cached
 
 sizeof.register(Pickled)(lambda value: len(value.data))  # Dask's memory accounting
 
 
 class DaskBackend(Backend):
     name = "dask"
+    honours_timeout = True
     takes_address = True
     fetches = True
     option_names = frozenset({"connect_timeout", "threads_per_worker"})
@@ -161,6 +182,8 @@ class DaskBackend(Backend):
         self._plugin: str | None = None  # our initializer's plugin name
         self._closed = False
         self._threads_seen = 0  # worker threads of a running cluster, when last asked
+        # (when, resources of each worker) of a running cluster, for resource requests
+        self._offers_seen: tuple[float, list[Mapping[str, float]]] = (-math.inf, [])
         self._functions = FunctionCache()
         self._key_prefix = uuid.uuid4().hex[:20]  # task keys: this, then a counter
         self._key_count = itertools.count()
@@ -172,6 +195,8 @@ class DaskBackend(Backend):
         self._reported: list[Key] = []  # keys reported done, not handed over (event loop only)
         # finished tasks' and puts' values still on the cluster (loaded ones drop out), by key
         self._unread: weakref.WeakValueDictionary[Key, _Result] = weakref.WeakValueDictionary()
+        self._restarting: list[threading.Thread] = []  # replacing workers with a stuck task
+        self._timeouts = False  # a task with a timeout was submitted (see _dependents)
 
     @property
     def workers(self) -> int:
@@ -187,11 +212,6 @@ class DaskBackend(Backend):
     def check_options(self, options: TaskOptions) -> None:
         if options is DEFAULT_OPTIONS:
             return
-        if options.timeout is not None:
-            raise UnsupportedOptionError(
-                f"the task option timeout={options.timeout!r} is not supported by the 'dask' "
-                "backend in this release; remove it, or enforce the limit inside the task"
-            )
         request = _resource_request(options)
         if request:
             self._check_offered(request)
@@ -202,12 +222,17 @@ class DaskBackend(Backend):
         options = task.options
         key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"
         future: Future[Any] = Future(self)
+        if options.timeout is not None or (inputs and self._timeouts and _after_timeout(inputs)):
+            self._timeouts = True
+            # a stuck task is cancelled in Dask, and with it these: see _stop_stuck
+            future._timed_inputs = [dep.handle.key for dep in inputs  # type: ignore[attr-defined]
+                                    if hasattr(dep, "_timed_inputs")]
         with self._track_lock:  # before Dask can report it done
             self._unfinished[key] = future
         try:
             handle = client.submit(
                 _run, fn_data, payload, task.mode, options.retries, _retry_on(options),
-                *[self._input(dep) for dep in inputs], key=key, pure=False,
+                options.timeout, *[self._input(dep) for dep in inputs], key=key, pure=False,
                 resources=None if options is DEFAULT_OPTIONS else _resource_request(options),
             )
         except BaseException:
@@ -225,7 +250,14 @@ class DaskBackend(Backend):
     def put(self, obj: Any) -> Future[Any]:
         data = dumps_value(obj, "the object passed to put")
         key = f"put-{uuid.uuid4().hex}"
-        handle = self._get_client().scatter({key: Pickled(data)}, hash=False)[key]
+        client = self._get_client()
+        try:
+            handle = client.scatter({key: Pickled(data)}, hash=False)[key]
+        except Exception as exc:
+            error = _scatter_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
         future: Future[Any] = Future(self, handle=handle)
         result = _Result(handle, put=True)
         with self._track_lock:
@@ -338,6 +370,7 @@ class DaskBackend(Backend):
                 client.register_plugin(_Initializer(self.init_data), name=name)
                 self._plugin = name
             self._watch_reports(client)
+            client.subscribe_topic(_STUCK_TOPIC, self._on_stuck)
         except BaseException:
             self._release(client, self._cluster)
             self._cluster = None
@@ -346,17 +379,17 @@ class DaskBackend(Backend):
 
     def _connect(self, address: str) -> Client:
         timeout = self._connect_timeout
+        deadline = time.monotonic() + timeout
         check_listening(address, timeout,
                         "Check that the Dask scheduler runs (`dask scheduler`) and the address")
+        _probe_scheduler(address, timeout)
         try:
-            return Client(address, timeout=timeout, set_as_default=False)
+            return Client(address, timeout=max(1.0, deadline - time.monotonic()),
+                          set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             _close_half_made_client(exc)
             if isinstance(exc, ValueError):
-                raise InvalidOptionError(
-                    f"{address!r} is not a Dask scheduler address ({exc}); "
-                    "expected something like 'tcp://host:8786'"
-                ) from exc
+                raise ClusterConnectionError(_malformed(address, exc)) from exc
             raise ClusterConnectionError(
                 f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc}); "
                 "check that it is running and reachable from here, or raise the "
@@ -454,6 +487,71 @@ class DaskBackend(Backend):
         if handle is not None and handle.status != "pending":
             self._on_done(future, handle)
 
+    def _on_stuck(self, event: tuple[float, dict[str, Any]]) -> None:
+        """A worker reports a task past its timeout that its thread could not stop.
+
+        On the client's event loop: the rest happens in a thread of its own, since it
+        completes a future (whose callbacks must not run here) and makes client calls.
+        """
+        report = event[1]
+        future = self._unfinished.get(report["key"])
+        if future is not None:
+            thread = threading.Thread(target=self._stop_stuck, args=(future, report),
+                                      daemon=True, name="unidist-api-dask-timeout")
+            self._restarting = [t for t in self._restarting if t.is_alive()] + [thread]
+            thread.start()
+
+    def _stop_stuck(self, future: Future[Any], report: dict[str, Any]) -> None:
+        """Fail ``future`` with TaskTimeoutError, drop its Dask task, replace its worker.
+
+        The Dask task is cancelled first, else Dask would run it again elsewhere once its
+        worker is gone. The worker process then exits (the stuck thread dies with it) and
+        its nanny starts a new one; the other tasks that worker was running or had queued
+        are run again elsewhere, which Dask counts as one of their ``allowed-failures``.
+        """
+        message = (
+            f"{report['message']} (it was blocked outside Python, where a Dask worker "
+            f"thread cannot be interrupted, so its worker {report['worker']} was restarted)"
+        )
+        try:
+            future.set_exception(TaskTimeoutError(message))
+        except cf.InvalidStateError:
+            return  # it finished (or failed) meanwhile: leave the worker alone
+        for dependent in self._dependents(report["key"]):  # Dask cancels them with it
+            try:
+                dependent.set_exception(TaskTimeoutError(message))
+            except cf.InvalidStateError:
+                pass
+        client = self._client
+        handle = future.handle
+        if client is None or handle is None:
+            return
+        try:
+            client.cancel([handle])
+            # The worker process exits at once and its nanny starts a new one, as after a
+            # crash. (Client.restart_workers asks the worker to close first, which waits
+            # 4 s for the stuck thread; under load its nanny then at times never restarted
+            # it, leaving the cluster without workers.)
+            client.run(_exit_worker, workers=[report["worker"]], wait=False)
+        except Exception:  # closed meanwhile, or the worker is gone already
+            logging.getLogger(__name__).debug("restarting a stuck worker failed",
+                                              exc_info=True)
+
+    def _dependents(self, key: Key) -> list[Future[Any]]:
+        """Our unfinished futures whose tasks need ``key``'s value, directly or not."""
+        with self._track_lock:
+            candidates = {k: f for k, f in self._unfinished.items()
+                          if hasattr(f, "_timed_inputs")}
+        found: set[Key] = {key}
+        grown = True
+        while grown:
+            grown = False
+            for k, f in candidates.items():
+                if k not in found and not found.isdisjoint(f._timed_inputs):
+                    found.add(k)
+                    grown = True
+        return [candidates[k] for k in found if k in candidates and k != key]
+
     # -- tasks ------------------------------------------------------------------------------
     def _input(self, dep: Future[Any]) -> Any:
         """What a task receives for an input future: our Dask future, or another's value."""
@@ -502,24 +600,34 @@ class DaskBackend(Backend):
 
     def _check_offered(self, request: dict[str, float]) -> None:
         """Refuse a resource request that no worker of the cluster could ever satisfy."""
-        offers = self._offers()
-        if not offers or any(_covers(offer, request) for offer in offers):
-            return
-        hint = ("on the embedded cluster, CPU is the threads_per_worker option"
-                if self.address is None else
-                'start workers that declare them, e.g. dask worker --resources "GPU=1"')
+        for max_age in (OFFERS_MAX_AGE, 1.0):  # a refusal looks again, at most once a second
+            offers = self._offers(max_age)
+            if not offers or any(_covers(offer, request) for offer in offers):
+                return
+        hint = ("the embedded cluster's CPU is the threads_per_worker option; other "
+                "resources need a cluster whose workers declare them, "
+                if self.address is None else "or start workers that declare them, ")
         raise UnsupportedOptionError(
             f"the task asks for {_describe(request)} (cpus -> CPU, gpus -> GPU, memory -> "
             f"MEMORY, plus its resources), but no worker of the Dask cluster offers that; "
-            f"workers offer: {'; '.join(sorted({_describe(o) for o in offers}))} ({hint})"
+            f"workers offer: {'; '.join(sorted({_describe(o) for o in offers}))}. Ask for "
+            f'less ({hint}e.g. dask worker --resources "GPU=1")'
         )
 
-    def _offers(self) -> list[Mapping[str, float]]:
-        """The resources each worker declares (the embedded cluster's, without starting it)."""
+    def _offers(self, max_age: float) -> list[Mapping[str, float]]:
+        """The resources each worker declares (the embedded cluster's, without starting it).
+
+        A running cluster's are asked for at most once per ``max_age`` seconds, so tasks
+        with resource options do not cost a round trip to the scheduler each.
+        """
         if self.address is None:
             return [_embedded_resources(self._workers or os.cpu_count() or 1, self._threads)]
-        workers = self._get_client().scheduler_info(n_workers=-1)["workers"]
-        return [worker["resources"] for worker in workers.values()]
+        seen_at, offers = self._offers_seen
+        if time.monotonic() - seen_at > max_age:
+            workers = self._get_client().scheduler_info(n_workers=-1)["workers"]
+            offers = [worker["resources"] for worker in workers.values()]
+            self._offers_seen = (time.monotonic(), offers)
+        return offers
 
     def _started(self, handles: Iterable[DaskFuture[Any]]) -> set[DaskFuture[Any]]:
         """Those of ``handles`` the scheduler has handed to a worker (they may be running)."""
@@ -555,6 +663,8 @@ class DaskBackend(Backend):
         with self._track_lock:
             unfinished = list(self._unfinished.values())
         cf.wait(unfinished)
+        for thread in self._restarting:  # let a worker's replacement be asked for first
+            thread.join(_RESTART_TIMEOUT)
         self._fetch_unread()
         self._close()
 
@@ -613,6 +723,79 @@ class DaskBackend(Backend):
                 cluster.release()
 
 
+def _malformed(address: str, exc: BaseException) -> str:
+    """Why ``address`` cannot be a Dask scheduler's, and what one looks like."""
+    hint = ""
+    if address.startswith("ray://") or address == "auto":
+        hint = " (it looks like a Ray address: use the ray backend for it)"
+    return (f"{address!r} is not a Dask scheduler address{hint} ({exc}); expected "
+            "'tcp://host:port' (the scheduler's port, 8786 by default)")
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Check, within ``timeout`` seconds, that a Dask scheduler answers at ``address``.
+
+    ``Client(address, timeout=...)`` does not bound Dask's handshake: something that
+    accepts connections but is not a Dask scheduler (another server, a port that
+    swallows data) would hang it for ever. Dask's ``identity`` call, run on an event
+    loop of its own in a thread and cancelled at the deadline, tells us in time.
+    """
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.core import connect
+    from distributed.security import Security
+
+    try:
+        scheme = parse_address(address)[0]
+    except ValueError as exc:
+        raise ClusterConnectionError(_malformed(address, exc)) from exc
+    if scheme not in ("tcp", "tls"):
+        return  # inproc, ucx, ws...: left to Client
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout,
+                             **Security().get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity", "n_workers": 0, "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(asyncio.wait_for(identity(), timeout)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="unidist-api-dask-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)  # wait_for ends it at the deadline; 5 s more for the loop to close
+    answer = outcome[0] if outcome else TimeoutError()
+    if isinstance(answer, dict) and answer.get("type") == "Scheduler":
+        return
+    if isinstance(answer, ValueError):
+        raise ClusterConnectionError(_malformed(address, answer)) from answer
+    if isinstance(answer, (TimeoutError, asyncio.TimeoutError)):
+        problem = ("something listens there but did not answer as a Dask scheduler within "
+                   f"{timeout:g} s")
+    elif isinstance(answer, BaseException):
+        problem = f"something listens there but is not a Dask scheduler ({answer!r})"
+    else:
+        kind = answer.get("type") if isinstance(answer, dict) else None
+        problem = (f"a Dask {kind} answers there, not a scheduler" if kind
+                   else "something answers Dask's protocol there, but not as a scheduler "
+                   "(a worker's address?)")
+    error = ClusterConnectionError(
+        f"cannot connect to a Dask scheduler at {address!r}: {problem}. Check the address "
+        "(the scheduler's port, 8786 by default; a Ray address goes to the ray backend), "
+        "or raise the connect_timeout option if the scheduler is just slow to answer"
+    )
+    if isinstance(answer, BaseException):
+        raise error from answer
+    raise error
+
+
 def _close_half_made_client(exc: BaseException) -> None:
     """Close the client a failed ``Client(address)`` leaves behind, found in its traceback.
 
@@ -631,10 +814,13 @@ def _close_half_made_client(exc: BaseException) -> None:
 
 # -- the task on the worker ------------------------------------------------------------------
 def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
-         retry_on: tuple[type[BaseException], ...], *inputs: Any) -> Pickled:
+         retry_on: tuple[type[BaseException], ...], timeout: float | None,
+         *inputs: Any) -> Pickled:
     """Run one task on a Dask worker; its value is pickled here, so Dask keeps and moves bytes."""
+    on_stuck = None if timeout is None else _stuck_reporter(fn_data, timeout)
     try:
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs)
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, timeout=timeout,
+                           on_stuck=on_stuck)
     except BaseException as exc:
         # run_native raises from inside its handler, so the exception's __context__ leads
         # back to itself; Dask pickles contexts (tblib) and would recurse forever.
@@ -644,6 +830,51 @@ def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
         return Pickled(dumps(value))
     except Exception as exc:
         raise unpicklable_result(fn_data, value, exc) from None
+
+
+def _stuck_reporter(fn_data: bytes, timeout: float) -> Callable[[], None]:
+    """The hook for an attempt the interrupt did not stop: tell the caller's client.
+
+    Dask runs tasks in threads, where the interrupt (an asynchronous exception) waits
+    for the thread to run Python again; a thread blocked in a C call (``time.sleep``)
+    does not. The client that owns the task then fails it and replaces this worker
+    (:meth:`DaskBackend._on_stuck`).
+    """
+    worker = get_worker()
+    key = worker.get_current_task()
+    name = getattr(load_function(fn_data), "__qualname__", None) or str(key)
+
+    def report() -> None:
+        worker.log_event(_STUCK_TOPIC, {"key": key, "worker": worker.address,
+                                        "message": timeout_message(name, timeout)})
+
+    return report
+
+
+async def _exit_worker() -> None:
+    """Run by ``Client.run`` in a worker whose thread is stuck: end its process now.
+
+    A coroutine function: ``Client.run(wait=False)`` takes no other kind.
+    """
+    os._exit(1)
+
+
+def _after_timeout(inputs: list[Future[Any]]) -> bool:
+    """Whether one of ``inputs`` is (or needs) a task with a timeout."""
+    return any(hasattr(dep, "_timed_inputs") for dep in inputs)
+
+
+def _scatter_error(exc: Exception) -> Exception:
+    """``put``'s error when the worker could not unpickle the object, else ``exc`` itself.
+
+    Dask's worker unpickles a scattered object at once, and its error comes back as a
+    plain ``Exception`` holding the repr of the original, e.g. ``ModuleNotFoundError(...)``.
+    """
+    found = re.fullmatch(r"ModuleNotFoundError\((['\"])No module named '([^']+)'\1\)", str(exc))
+    if type(exc) is not Exception or found is None:
+        return exc
+    missing = ModuleNotFoundError(f"No module named {found.group(2)!r}", name=found.group(2))
+    return unloadable("the object passed to put", missing, where="a Dask worker")
 
 
 def _retry_on(options: TaskOptions) -> Any:
@@ -660,6 +891,8 @@ _FAILED: Any = object()  # what _gather gives for a task that failed or was canc
 # the client's handlers of the reports that finish a future (``_watch_reports``)
 _REPORTS = ("key-in-memory", "task-erred", "cancelled-keys", "restart")
 _SWEEP_INTERVAL = 1.0  # seconds between two looks at every unfinished future
+_STUCK_TOPIC = "unidist-api-stuck-task"  # workers report there a timed-out task they cannot stop
+_RESTART_TIMEOUT = 30.0  # seconds shutdown waits for a stuck worker's replacement to be asked
 
 
 def _gather(client: Client, handles: list[DaskFuture[Any]]) -> list[Any] | None:
@@ -750,9 +983,10 @@ def _engine_error(exc: BaseException, handle: DaskFuture[Any], *,
     error: BaseException
     closed = handle.client.status in ("closing", "closed")
     if isinstance(exc, KilledWorker):
-        error = WorkerLostError(
-            f"Dask gave up on this task: the workers running it died too often ({exc}); "
-            "distributed.scheduler.allowed-failures sets how often it is rescheduled"
+        error = worker_lost(
+            str(exc.task).rpartition("-")[0] or str(exc.task), exc.allowed_failures + 1,
+            "dask: KilledWorker; the cluster's distributed.scheduler.allowed-failures",
+            limit=exc.allowed_failures,
         )
     elif closed and (reading or isinstance(exc, cf.CancelledError)):
         error = ExecutorShutdownError(
@@ -848,7 +1082,8 @@ class _Cluster:
             dashboard_address=None, memory_limit=int(self.resources["MEMORY"]),
             resources=self.resources, silence_logs=logging.WARNING,
             # the scheduler's HTTP endpoints (health, metrics) would take port 8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0",
+                              "allowed_failures": LOST_WORKER_RETRIES},
         )
 
     @classmethod

@@ -22,15 +22,24 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import ExecutorShutdownError, WorkerLostError
+from ..errors import ExecutorShutdownError
 from ..futures import Future
 from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
 from ..worker import Outcome, load_stored, run_initializer, run_pickled
-from .base import Backend, Task, complete, resolve_arguments
+from .base import (
+    LOST_WORKER_RETRIES,
+    Backend,
+    Task,
+    complete,
+    resolve_arguments,
+    task_name,
+    worker_lost,
+)
 
 
 class LocalBackend(Backend):
     name = "local"
+    honours_timeout = True
     option_names = frozenset({"env"})  # env: environment variables set in every worker
 
     def __init__(self, *, address: str | None, workers: int | None,
@@ -41,6 +50,7 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self._pool: Any = None
         self._broken = False  # set when a worker died; the pool is replaced on next submit
+        self._closed = False  # shut down: a task whose worker died is not sent again
         self._functions = FunctionCache()
         self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
         self._store: _Store | None = None
@@ -55,6 +65,12 @@ class LocalBackend(Backend):
         with self._lock:
             if self._pool is None or self._broken:
                 import loky  # deferred: loky is imported when the backend is first used
+
+                if self._closed:  # a lost task sent again after shutdown: no new pool
+                    raise ExecutorShutdownError(
+                        "the executor was shut down before this task could run again "
+                        "after its worker died"
+                    )
 
                 if self._pool is not None:  # a worker died and broke the pool: replace it
                     self._pool.shutdown(wait=False, kill_workers=True)
@@ -112,6 +128,7 @@ class LocalBackend(Backend):
             self._ready = None
         with self._lock:
             pool, self._pool = self._pool, None
+            self._closed = True
         _running.discard(self)
         self._stopped_at_exit = False
         if pool is not None:
@@ -139,36 +156,76 @@ class LocalBackend(Backend):
             return
         fn_data = self._functions.get(task.fn)
         payload = dumps_arguments(task.fn, args, kwargs)
-        held = self._hold(task)
         options = task.options
-        handle = self._get_pool().submit(
-            run_pickled, fn_data, payload, task.mode, options.retries, options.retry_on
-        )
-        future.handle = handle
+        call = _Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
+                               options.timeout), self._hold(task))
+        self._send(future, call)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             _stop_at_exit(self)
-        handle.add_done_callback(functools.partial(self._on_done, future, held))
         if not fresh and future.cancelled():
-            handle.cancel()
+            future.handle.cancel()
 
-    def _on_done(self, future: Future[Any], held: list[str], handle: Any) -> None:
-        self._unfinished.discard(future)
-        if held and self._store is not None:
-            self._store.release(held)
+    def _send(self, future: Future[Any], call: _Call) -> None:
+        """Hand ``call`` to the pool, a new one if the pool broke; ``future`` follows it."""
+        attempts = 0
+        while True:
+            pool = self._get_pool()
+            try:
+                handle = pool.submit(run_pickled, *call.args)
+                break
+            except Exception as exc:  # a worker died since the pool was checked: replace it
+                attempts += 1
+                if not _is_broken(exc) or attempts > LOST_WORKER_RETRIES:
+                    raise
+                self._set_broken(pool)
+        future.handle = handle
+        handle.add_done_callback(functools.partial(self._on_done, future, call, pool))
+
+    def _set_broken(self, pool: Any) -> None:
+        """Have ``pool`` replaced on next use, unless it was replaced already."""
+        with self._lock:
+            if self._pool is pool:
+                self._broken = True
+
+    def _on_done(self, future: Future[Any], call: _Call, pool: Any, handle: Any) -> None:
         try:
             exc = handle.exception()
         except cf.CancelledError:
-            future.cancel()
+            exc = None
+        if exc is not None and _is_broken(exc) and self._resend(future, call, pool):
             return
-        if exc is None:
+        self._unfinished.discard(future)
+        if call.held and self._store is not None:
+            self._store.release(call.held)
+        if handle.cancelled():
+            future.cancel()
+        elif exc is None:
             outcome: Outcome = handle.result()
             complete(future, outcome)
         else:
-            self._fail(future, exc)
+            self._fail(future, exc, call)
 
-    def _fail(self, future: Future[Any], exc: BaseException) -> None:
+    def _resend(self, future: Future[Any], call: _Call, pool: Any) -> bool:
+        """Run ``call`` again, in a new pool, after its pool broke; False past the limit.
+
+        loky cannot tell which task killed the worker, so every unfinished task of the
+        broken pool counts a loss and is sent again.
+        """
+        self._set_broken(pool)
+        call.lost += 1
+        if call.lost > LOST_WORKER_RETRIES or future.done():
+            return False
+        try:
+            self._send(future, call)
+        except BaseException as exc:  # shut down meanwhile, or the pool keeps breaking
+            self._unfinished.discard(future)
+            if call.held and self._store is not None:
+                self._store.release(call.held)
+            self._fail(future, exc, call)
+        return True
+
+    def _fail(self, future: Future[Any], exc: BaseException, call: _Call) -> None:
         """Complete ``future`` with the pool's failure (the task's own comes as an outcome)."""
-        import loky
         from loky.process_executor import ShutdownExecutorError
 
         if isinstance(exc, ShutdownExecutorError):
@@ -177,12 +234,9 @@ class LocalBackend(Backend):
             )
             stopped.__cause__ = exc
             exc = stopped
-        elif isinstance(exc, loky.BrokenProcessPool):
-            self._broken = True
-            lost = WorkerLostError(
-                f"a worker process of the local pool died while this task was queued or "
-                f"running ({exc}); the pool is replaced for the next tasks"
-            )
+        elif _is_broken(exc):
+            lost = worker_lost(task_name(call.fn), call.lost,
+                               f"local: the pool broke, {type(exc).__name__}")
             lost.__cause__ = exc
             exc = lost
         if not future.done():
@@ -279,6 +333,25 @@ def _stop_all() -> None:
 
 def _placeholder(future: Future[Any]) -> None:
     return None
+
+
+def _is_broken(exc: BaseException) -> bool:
+    """Whether loky reports a broken pool: a worker died (TerminatedWorkerError is one)."""
+    import loky
+
+    return isinstance(exc, loky.BrokenProcessPool)
+
+
+class _Call:
+    """A task's pickled call, kept so a task whose worker died is sent again as is."""
+
+    __slots__ = ("fn", "args", "held", "lost")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str]) -> None:
+        self.fn = fn  # for the error's task name
+        self.args = args  # run_pickled's arguments
+        self.held = held  # put files the task reads, released when it finishes
+        self.lost = 0  # how often its worker died
 
 
 class _Stored:

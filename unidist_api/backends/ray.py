@@ -38,10 +38,13 @@ token yet. The payload is the call's own arguments, pickled at submit. Futures a
 Ray moves the values worker to worker; a future of another backend is passed as its
 pickle. ``retries`` counts application errors inside ``run_native`` (per item, fresh
 copies of the arguments, ``retry_on`` filter), so Ray's ``retry_exceptions`` is off
-and its ``max_retries`` (the same count) covers only lost workers. ``cpus``,
+and its ``max_retries`` covers only lost workers: ``LOST_WORKER_RETRIES`` (3), the same
+limit as on every backend, after which the task fails with ``WorkerLostError``. ``cpus``,
 ``gpus``, ``memory`` (bytes) and ``resources`` become Ray's ``num_cpus``,
 ``num_gpus``, ``memory`` and ``resources``; a request no node of the cluster could
-ever satisfy is refused at submit.
+ever satisfy is refused at submit. ``timeout`` travels in the spec: the worker stops an
+attempt past it with a SIGALRM in its main thread, where Ray runs tasks
+(:mod:`unidist_api.timeouts`).
 
 Serialization. Every value that crosses Ray (results, ``put`` objects, inputs from
 other backends, task exceptions, ``retry_on``) is pickled by our cloudpickle, not
@@ -136,7 +139,16 @@ from ..futures import Future, RemoteFailure, _Serialized
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
 from ..task import TaskOptions
 from ..worker import failure_details, run_initializer, run_native, unpicklable_result
-from .base import Backend, Task, check_listening, positive_option, prepare_native
+from .base import (
+    LOST_WORKER_RETRIES,
+    Backend,
+    Task,
+    check_listening,
+    positive_option,
+    prepare_native,
+    task_name,
+    worker_lost,
+)
 
 __all__ = ["RayBackend"]
 
@@ -149,6 +161,7 @@ SWEEP_EVERY = 0.5  # seconds between sweeps
 
 class RayBackend(Backend):
     name = "ray"
+    honours_timeout = True
     takes_address = True
     option_names = frozenset({"connect_timeout", "runtime_env"})
     fetches = True
@@ -209,11 +222,6 @@ class RayBackend(Backend):
 
     # -- Backend interface -------------------------------------------------------------
     def check_options(self, options: TaskOptions) -> None:
-        if options.timeout is not None:
-            raise UnsupportedOptionError(
-                f"the task option timeout={options.timeout!r} is not supported by the 'ray' "
-                "backend in this release; remove it, or enforce the limit inside the task"
-            )
         builtin = sorted(set(options.resources or ()) & set(_OPTION_OF))
         if builtin:
             raise UnsupportedOptionError(
@@ -248,6 +256,9 @@ class RayBackend(Backend):
         if spec is None:
             spec = self._spec(runtime, fn_data, task.options, task.mode)
         future.handle = spec.remote.remote(spec.arg, payload, *handles)
+        future._fn = task.fn
+        if inputs:  # weakly: a lost input is named in this task's WorkerLostError
+            future._inputs = [weakref.ref(dep) for dep in inputs if isinstance(dep, _RayFuture)]
         runtime.track(future)
         return future
 
@@ -340,7 +351,7 @@ class RayBackend(Backend):
         """What every task of this function, options and mode passes to :func:`_run_task`.
 
         A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
-        initializer)``, which a worker unpickles once and then knows by the token. Inline
+        initializer, timeout)``, which a worker unpickles once and then knows by the token. Inline
         when small; else the token, the pickle's ObjectRef (put once; a worker reads it
         only when it does not know the token) and the initializer's ``(token, ObjectRef)``.
         """
@@ -348,7 +359,7 @@ class RayBackend(Backend):
         init = self._initializer()
         small_init = init is None or isinstance(init[1], bytes)
         data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
-                                           init if small_init else None))
+                                           init if small_init else None, options.timeout))
         arg: Any = data
         if len(data) > INLINE_BYTES or not small_init:
             arg = (data[:16], data if len(data) <= INLINE_BYTES else ray.put(data),
@@ -364,7 +375,7 @@ class RayBackend(Backend):
         call = self._calls.get(options)
         if call is None:
             ray_options: dict[str, Any] = {
-                "num_cpus": options.cpus, "max_retries": options.retries,
+                "num_cpus": options.cpus, "max_retries": LOST_WORKER_RETRIES,
                 "retry_exceptions": False,
             }
             if options.gpus:
@@ -471,7 +482,7 @@ class _Runtime:
                 future.set_serialized_result(future.handle, _load)
                 self.unread.add(future)
             else:
-                future.set_exception(_engine_error(error))
+                future.set_exception(_engine_error(error, getattr(future, "_fn", None)))
         except cf.InvalidStateError:  # failed by an exiting interpreter meanwhile
             pass
         if close:
@@ -677,8 +688,11 @@ def _connect(address: str, timeout: float) -> None:
             "(`ray get-auth-token` on the head prints it) in RAY_AUTH_TOKEN, in a file "
             "named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token"
         ) from error
+    hint = ("; it looks like a Dask scheduler address: use the dask backend for it"
+            if address.startswith(("tcp://", "tls://")) else "")
     raise ClusterConnectionError(
-        f"could not connect to the Ray cluster at {address!r}: {error}"
+        f"could not connect to the Ray cluster at {address!r}: {error}{hint}. Ray takes "
+        "'host:port' (the head's GCS port, 6379 by default), 'auto' or 'ray://host:10001'"
     ) from error
 
 
@@ -783,6 +797,8 @@ class _RayFuture(Future[T]):
         self._runtime = runtime
         self._watched = False
         self._fetching = False  # a fetch waits for it (the sweep leaves it alone)
+        self._fn: Callable[..., Any] | None = None  # the task's function, to name it in errors
+        self._inputs: list[weakref.ref[_RayFuture[Any]]] = []  # its input futures (weakly)
         super().__init__(backend)
 
     def _watch(self) -> None:
@@ -824,6 +840,36 @@ class _RayFuture(Future[T]):
             self._watch()
         super().add_done_callback(fn)
 
+    def _materialize(self) -> Any:
+        try:
+            return super()._materialize()
+        except WorkerLostError as exc:  # mapped by _load, which cannot know the task's name
+            cause = exc.__cause__
+            if self._fn is None or not isinstance(cause, _LOST_WORKER):
+                raise
+            named = _engine_error(cause, self._lost_fn())
+            with self._condition:
+                self._exception = named
+            raise named from cause
+
+    def _lost_fn(self) -> Callable[..., Any] | None:
+        """The function of the task that lost its worker: this one's, or a lost input's.
+
+        Ray gives a task whose input was lost that input's error, which does not say
+        whose it is; an input whose value is that error (asked without waiting) is it.
+        """
+        for ref in self._inputs:
+            dep = ref()
+            if dep is None or dep._fn is None or not ray.is_initialized():
+                continue
+            try:
+                ray.get(dep.handle, timeout=0)
+            except _LOST_WORKER:
+                return dep._lost_fn()
+            except Exception:  # the input is fine, failed otherwise, or not done
+                continue
+        return self._fn
+
     def __repr__(self) -> str:
         return super().__repr__().replace("<_RayFuture", "<ua.Future", 1)
 
@@ -860,16 +906,26 @@ def _task_error(err: BaseException, ref: Any) -> RemoteFailure:
     return RemoteFailure(_engine_error(err))
 
 
-def _engine_error(err: BaseException) -> BaseException:
-    """A Ray failure that is not the task's own, as one of our errors (cause: Ray's)."""
+#: Ray's errors for a task whose worker (or node) died more often than max_retries allow.
+_LOST_WORKER = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
+                rex.OutOfMemoryError)
+
+
+def _engine_error(err: BaseException, fn: Callable[..., Any] | None = None) -> BaseException:
+    """A Ray failure that is not the task's own, as one of our errors (cause: Ray's).
+
+    ``fn`` is the task's function, to name it (None where only the ObjectRef is known).
+    """
     mapped: BaseException
     if isinstance(err, rex.TaskCancelledError):
         mapped = cf.CancelledError("Ray cancelled this task (or one of its inputs)")
-    elif isinstance(err, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError,
-                          rex.LocalRayletDiedError, rex.OutOfMemoryError)):
+    elif isinstance(err, _LOST_WORKER):
+        mapped = worker_lost("?" if fn is None else task_name(fn), LOST_WORKER_RETRIES + 1,
+                             f"ray: {type(err).__name__}")
+    elif isinstance(err, rex.ObjectLostError):
         mapped = WorkerLostError(
-            f"Ray lost the worker (or the node, or the object) of this task more often than "
-            f"its retries allow: {type(err).__name__}: {err}"
+            f"Ray lost a value this task needs, or its result, with the worker or node "
+            f"holding it: {type(err).__name__}: {err}. Put the object again, or resubmit"
         )
     elif isinstance(err, rex.RaySystemError):
         mapped = ExecutorShutdownError(f"Ray stopped before this task finished: {err}")
@@ -897,10 +953,11 @@ def _run_task(*args: Any) -> bytes:
     """
     spec, payload, *inputs = args
     try:
-        fn_data, mode, retries, retry_on, init = _load_spec(spec)
+        fn_data, mode, retries, retry_on, init, timeout = _load_spec(spec)
         if init is not None:
             _initialize(*init)
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, pickled=True)
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, pickled=True,
+                           timeout=timeout)
     except (Exception, SystemExit) as exc:
         raise _TaskFailed.carrying(exc) from None
     try:
@@ -909,7 +966,7 @@ def _run_task(*args: Any) -> bytes:
         raise _TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
 
 
-_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any]
+_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None"]
 _specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
 
 

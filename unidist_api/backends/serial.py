@@ -12,14 +12,17 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import UnsupportedOptionError
 from ..futures import Future
 from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
+from ..task import TaskOptions
 from ..worker import run_initializer, run_pickled
 from .base import Backend, Task, complete, resolve_arguments
 
 
 class SerialBackend(Backend):
     name = "serial"
+    honours_timeout = True
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -33,6 +36,19 @@ class SerialBackend(Backend):
     @property
     def workers(self) -> int:
         return 1
+
+    def check_options(self, options: TaskOptions) -> None:
+        """As every backend, and ``timeout`` only from the main thread (SIGALRM stops it)."""
+        super().check_options(options)
+        thread = threading.current_thread()
+        if options.timeout is not None and thread is not threading.main_thread():
+            raise UnsupportedOptionError(
+                f"the task option timeout={options.timeout!r} needs the main thread on the "
+                "'serial' backend, which runs the task in the caller's thread and stops it "
+                f"with a signal, but this is thread {thread.name!r}; "
+                "submit from the main thread, or use the 'local' backend (which stops tasks "
+                "on its workers)"
+            )
 
     def submit(self, task: Task) -> Future[Any]:
         future: Future[Any] = Future(self)
@@ -48,7 +64,8 @@ class SerialBackend(Backend):
             fn_data = self._functions.get(task.fn)
             payload = dumps_arguments(task.fn, args, kwargs)
             options = task.options
-            outcome = run_pickled(fn_data, payload, task.mode, options.retries, options.retry_on)
+            outcome = run_pickled(fn_data, payload, task.mode, options.retries, options.retry_on,
+                                  options.timeout)
         complete(future, outcome)
         return future
 
