@@ -21,7 +21,7 @@ from .child import ROOT, child_env
 from .measure import log
 from .report import Section, machine_info, print_section, print_summary, write_json
 
-BENCHMARKS = ("submit", "map", "cpu", "pipeline", "unidist", "memory")
+BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "unidist", "memory")
 BACKENDS = ("serial", "local", "dask", "ray")
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -38,16 +38,20 @@ class Sizes:
     memory_items: int
     peer_submit: int
     peer_map: int
+    load_map_items: int  # the larger map of the load benchmark (the smaller is a tenth)
+    load_futures: int  # the larger number of futures in flight (likewise)
     repeats: int
     budget: float  # seconds one measurement of a slow contender should take (sizes its n)
 
 
 FULL = Sizes(submit=200, batch=1000, map_items=100_000, map_slow_items=10_000, cpu_tasks=40,
              cpu_seconds=0.05, pipeline_items=20, memory_items=1_000_000, peer_submit=200,
-             peer_map=5_000, repeats=5, budget=1.0)
+             peer_map=5_000, load_map_items=100_000, load_futures=10_000, repeats=5,
+             budget=1.0)
 QUICK = Sizes(submit=50, batch=200, map_items=20_000, map_slow_items=1_000, cpu_tasks=12,
               cpu_seconds=0.05, pipeline_items=8, memory_items=200_000, peer_submit=30,
-              peer_map=500, repeats=2, budget=0.2)
+              peer_map=500, load_map_items=20_000, load_futures=2_000, repeats=2,
+              budget=0.2)
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -108,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(result)
         print_section(result)
 
-    in_process = [key for key in args.only if key in ("submit", "map", "cpu", "pipeline")]
+    in_process = [key for key in args.only
+                  if key in ("submit", "map", "cpu", "pipeline", "load")]
     if in_process:
-        from . import cpu_bound, map_tiny, pipeline_bound, submit
+        from . import cpu_bound, load, map_tiny, pipeline_bound, submit
         from .engines import Engines
 
         engines = Engines(args.backends)
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu": lambda: cpu_bound.run(engines, sizes.cpu_tasks, sizes.cpu_seconds,
                                              repeats),
                 "pipeline": lambda: pipeline_bound.run(engines, sizes.pipeline_items, repeats),
+                "load": lambda: load.run(engines, sizes.load_map_items, sizes.load_futures,
+                                         repeats),
             }
             for key in in_process:
                 section(key, runs[key])
