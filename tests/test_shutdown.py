@@ -92,3 +92,18 @@ def test_shutdown_then_module_functions_start_afresh():
     finally:
         ua.configure(None)
         ua.shutdown()
+
+
+def _slow_double(x: int) -> int:
+    time.sleep(0.5)
+    return 2 * x
+
+
+def test_local_shutdown_wait_runs_tasks_still_waiting_for_inputs():
+    """shutdown(wait=True) runs a task whose input was unfinished, as concurrent.futures does."""
+    executor = ua.Executor("local", workers=1)
+    first = executor.submit(_slow_double, 1)
+    second = executor.submit(_slow_double, first)  # deferred until `first` is done
+    executor.shutdown(wait=True)
+    assert first.result(timeout=0) == 2
+    assert second.result(timeout=0) == 4

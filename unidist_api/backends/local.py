@@ -123,6 +123,8 @@ class LocalBackend(Backend):
         if cancel:
             for future in list(self._unfinished):
                 future.cancel()
+        elif wait:  # as concurrent.futures: every task submitted runs, those waiting for
+            cf.wait(list(self._unfinished))  # inputs and those whose worker died included
         if self._ready is not None:
             self._ready.put(None)
             self._ready = None
@@ -260,8 +262,14 @@ class LocalBackend(Backend):
             with lock:
                 count[0] -= 1
                 ready = count[0] == 0
-            if ready and self._ready is not None:
-                self._ready.put((future, task))
+            if ready:
+                ready_queue = self._ready
+                if ready_queue is not None:
+                    ready_queue.put((future, task))
+                elif not future.done():  # shut down (wait=False) before its inputs were done
+                    future.set_exception(ExecutorShutdownError(
+                        "the executor was shut down before this task's input futures finished"
+                    ))
 
         self._get_ready_queue()
         for dep in pending:
