@@ -123,13 +123,18 @@ def dumps_value(obj: Any, what: str) -> bytes:
         raise SerializationError(message) from exc
 
 
+def task_name(fn: Callable[..., Any]) -> str:
+    """The name error messages give a task: its function's qualified name."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: Mapping[str, Any]) -> bytes:
     """Pickle ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
     try:
         return dumps_for_workers((args, kwargs))
     except Exception as exc:
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+        name = task_name(fn)
         culprit = _find_culprit(args, kwargs)
         raise SerializationError(
             f"cannot serialize {culprit} of task {name}: {exc}. {_FIX}"

@@ -23,7 +23,7 @@ from typing import Any
 from . import timeouts
 from .arguments import replace_instances
 from .errors import SerializationError, TaskError, TaskTimeoutError
-from .serialization import dumps, loads, unloadable
+from .serialization import dumps, loads, task_name, unloadable
 
 CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
@@ -82,7 +82,7 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
     try:
         args, kwargs = load_args()
     except Exception as exc:  # e.g. an argument of a class the workers cannot import
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+        name = task_name(fn)
         raise _Failed(unloadable(f"the arguments of task {name}", exc), None, None) from None
     items = [(args, kwargs)] if mode == CALL else args[0]
     values = []
@@ -241,7 +241,7 @@ def _timed_call(fn: Callable[..., Any], mode: int, item: Any, timeout: float,
             raise
         tb = _without_handler(exc.__traceback__)
     if attempt.fired:  # also when the task swallowed the interrupt and returned
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+        name = task_name(fn)
         raise _TimedOut(TaskTimeoutError(timeout_message(name, timeout)), tb)
     return value
 

@@ -29,7 +29,7 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future
-from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
+from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads, task_name
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
@@ -188,11 +188,6 @@ def check_listening(address: str, timeout: float, fix: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ClusterConnectionError(f"cannot reach {address!r}: {exc}. {fix}") from exc
-
-
-def task_name(fn: Callable[..., Any]) -> str:
-    """The name error messages give a task: its function's qualified name."""
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def worker_lost(name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
