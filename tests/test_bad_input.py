@@ -214,10 +214,10 @@ def test_resource_request_refused_before_any_task_starts(ua_backend, tmp_path, o
     assert ua.reduce(operator.add, range(10)) == 45
 
 
+@pytest.mark.ua_exclude("serial", "local",
+                        reason="serial and local schedule no resources (their refusal says so)")
 def test_refusal_names_what_the_cluster_offers(ua_backend):
     backend = ua_backend.backend
-    if backend not in ("dask", "ray"):
-        pytest.skip("serial and local schedule no resources (their refusal says so)")
     with pytest.raises(ua.errors.UnsupportedOptionError) as info:
         ua.submit(ua.task(square, resources={"nope": 1}), 1)
     message = str(info.value)
@@ -388,7 +388,8 @@ def test_wrong_ray_addresses_fail_within_the_connect_timeout():
 
 def test_dask_cluster_resources_are_checked_against_its_workers():
     """On a running cluster: what its workers declare, looked up again after a refusal."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   protocol="tcp://", host="127.0.0.1", dashboard_address=None,
                                   resources={"special": 1},

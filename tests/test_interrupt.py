@@ -128,10 +128,9 @@ def test_keyboard_interrupt_in_loop_cancels_and_executor_stays_usable(
         (tmp_path / "release").touch()
 
 
+@pytest.mark.ua_exclude("serial", reason="serial runs each task in submit: nothing waits")
 def test_keyboard_interrupt_inside_the_map_wait(ua_backend: ua.Executor, tmp_path: Path) -> None:
     """A KeyboardInterrupt while the map waits for a result (a SIGINT there) cancels too."""
-    if ua_backend.backend == "serial":
-        pytest.skip("serial runs each task in submit: nothing waits")
     import threading
 
     fn = functools.partial(quick_first, str(tmp_path))

@@ -10,11 +10,9 @@ from __future__ import annotations
 import gc
 import time
 
-import pytest
+import psutil  # installed with dask[distributed]
 
 import unidist_api as ua
-
-psutil = pytest.importorskip("psutil")  # installed with dask[distributed]
 
 MAP_ITEMS = 100_000
 FUTURES = 10_000

@@ -351,9 +351,8 @@ def unwrap(o):
     return o.value
 
 
+@pytest.mark.ua_exclude("serial", reason="serial runs every stage in the driver")
 def test_pipeline_intermediate_values_never_loaded_in_driver(ua_backend):
-    if ua_backend.backend == "serial":
-        pytest.skip("serial runs every stage in the driver")
     with pytest.raises(RuntimeError, match="loaded in the driver"):
         pickle.loads(pickle.dumps(Opaque(1)))  # the guard works here
     data = range(30)

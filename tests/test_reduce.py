@@ -195,10 +195,9 @@ def slow_concat(a, b):
     return a + b
 
 
+@pytest.mark.ua_exclude("serial", reason="serial computes every node in the driver")
 def test_reduce_partial_results_never_loaded_in_driver(ua_backend, monkeypatch):
     """Only the final value comes to the caller; partial sums go task to task."""
-    if ua_backend.backend == "serial":
-        pytest.skip("serial computes every node in the driver")
     loaded = []
     materialize, set_loaded = ua.Future._materialize, ua.Future.set_loaded
 

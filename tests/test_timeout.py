@@ -156,9 +156,8 @@ def test_timeout_counts_from_start_not_queue(ua_backend):
     assert [f.result(timeout=120) for f in futures] == list(range(n))
 
 
+@pytest.mark.ua_exclude("serial", reason="serial runs one task at a time, in the caller")
 def test_other_tasks_unaffected(ua_backend):
-    if ua_backend.backend == "serial":
-        pytest.skip("serial runs one task at a time, in the caller")
     others = [ua_backend.submit(sleepy, 0.5, i) for i in range(4)]
     with pytest.raises(TaskTimeoutError):
         ua_backend.submit(ua.task(sleepy, timeout=1), STUCK).result()
@@ -234,13 +233,12 @@ def test_serial_refuses_timeout_off_the_main_thread():
 
 
 # --------------------------------------------------------------------------- waiting with timeout=
-def _not_serial(ua_backend):
-    if ua_backend.backend == "serial":
-        pytest.skip("serial runs the task inside submit(): its future is always done")
+NOT_SERIAL = pytest.mark.ua_exclude(
+    "serial", reason="serial runs the task inside submit(): its future is always done")
 
 
+@NOT_SERIAL
 def test_result_timeout_is_prompt_and_harmless(ua_backend):
-    _not_serial(ua_backend)
     future = ua_backend.submit(sleepy, 3, "done")
     start = time.monotonic()
     with pytest.raises(TimeoutError) as info:
@@ -252,8 +250,8 @@ def test_result_timeout_is_prompt_and_harmless(ua_backend):
     assert future.result(timeout=60) == "done"
 
 
+@NOT_SERIAL
 def test_wait_and_as_completed_timeouts_are_prompt(ua_backend):
-    _not_serial(ua_backend)
     futures = [ua_backend.submit(sleepy, 3, i) for i in range(2)]
     start = time.monotonic()
     done, not_done = ua.wait(futures, timeout=0.5)
@@ -266,8 +264,8 @@ def test_wait_and_as_completed_timeouts_are_prompt(ua_backend):
     assert sorted(f.result(timeout=60) for f in futures) == [0, 1]
 
 
+@NOT_SERIAL
 def test_map_timeout_is_prompt(ua_backend):
-    _not_serial(ua_backend)
     start = time.monotonic()
     results = ua_backend.map(sleepy, [3, 3])
     it = ua_backend.map(sleepy, [3, 3], timeout=0.5)
@@ -277,8 +275,8 @@ def test_map_timeout_is_prompt(ua_backend):
     assert list(results) == [3, 3]
 
 
+@NOT_SERIAL
 def test_gather_after_result_timeout(ua_backend):
-    _not_serial(ua_backend)
     futures = [ua_backend.submit(sleepy, 2, i) for i in range(3)]
     with pytest.raises(cf.TimeoutError):
         futures[0].result(timeout=0.2)

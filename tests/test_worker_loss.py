@@ -25,6 +25,9 @@ import unidist_api as ua
 from unidist_api.backends.base import LOST_WORKER_RETRIES
 from unidist_api.errors import ExecutorShutdownError, WorkerLostError
 
+pytestmark = pytest.mark.ua_exclude(
+    "serial", reason="serial runs tasks in the caller's process: killing the worker kills the test")
+
 
 # --------------------------------------------------------------------------- tasks
 def die(how: str) -> None:
@@ -95,8 +98,7 @@ def dies_then_raises_once(marker: str, counter: str) -> int:
 
 @pytest.fixture
 def killable(ua_backend):
-    if ua_backend.backend == "serial":
-        pytest.skip("serial runs tasks in the caller's process: killing the worker kills the test")
+    """The backend under test; never serial (module mark): its worker is the test process."""
     return ua_backend
 
 

@@ -60,7 +60,9 @@ def selected_backends(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "ua_backend" in metafunc.fixturenames:
-        names = selected_backends(metafunc.config)
+        excluded = {name for mark in metafunc.definition.iter_markers("ua_exclude")
+                    for name in mark.args}
+        names = [name for name in selected_backends(metafunc.config) if name not in excluded]
         metafunc.parametrize("ua_backend", names, indirect=True, ids=names)
 
 
@@ -114,6 +116,9 @@ _FOUND_KEY = pytest.StashKey[list[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "ua_exclude(*backends, reason): the test does not apply to these backends; "
+        "it is not generated for them (rather than skipped at run time)")
     if config.getoption("ua_check_leftovers") and leftovers.supported():
         before = set(leftovers.descendants())
         config.stash[_SESSION_KEY] = (before, leftovers.Sampler().start())
