@@ -133,18 +133,11 @@ def test_pipeline_fails_fast_in_first_stage(ua_backend: ua.Executor, folder: Pat
         list(run(range(40), chunksize=1))
 
 
-# On ray a task's failure is known only once its value is loaded: reduce raises when the
-# combination that takes it runs, not at once (docs/reliability.md; issue 6 leaves it open).
-REDUCE_FAILS_FAST = pytest.mark.ua_exclude("ray", reason="ray: failure known only when loaded")
-
-
-@REDUCE_FAILS_FAST
 def test_reduce_fails_fast(ua_backend: ua.Executor, folder: Path) -> None:
     with prompt(), pytest.raises(ValueError, match="combining item 0 failed"):
         ua.reduce(functools.partial(combine, str(folder)), range(200))
 
 
-@REDUCE_FAILS_FAST
 def test_reduce_fails_fast_long_input(ua_backend: ua.Executor, folder: Path) -> None:
     # enough items to fill the window of block tasks: the reduce stops reading input
     taken: list[int] = []
@@ -154,36 +147,41 @@ def test_reduce_fails_fast_long_input(ua_backend: ua.Executor, folder: Path) -> 
 
 
 # -- outstanding work is cancelled in the engine ----------------------------------------------
-def _cancels(executor: ua.Executor) -> bool:
-    """Whether the backend cancels tasks that have not started (ray does not: docs)."""
-    return executor.backend != "ray"
-
-
 def beyond_cancel(executor: ua.Executor, submitted: int) -> int:
     """How many submitted tasks may start although cancelled (docs/reliability.md)."""
     if executor.backend == "local":  # running, plus loky's call queue of 2 * workers + 1
         return 3 * executor.workers + 1
+    if executor.backend == "ray":  # running, plus one a freed worker starts before it reads
+        return 2 * executor.workers  # the cancel board
     return submitted  # dask hands tasks to workers eagerly (unless it queues them)
 
 
-def _check_cancelled(executor: ua.Executor, folder: Path, submitted: int,
-                     exact: bool = True) -> None:
-    """After the release, tasks that were queued must not start (where cancel works)."""
+def release(executor: ua.Executor, folder: Path) -> None:
+    """Let the sleeping tasks return, once a cancel has had time to reach the workers.
+
+    On ray a worker reads the cancel board at most every ``REFRESH`` seconds: a task it
+    starts sooner after its last read still runs (docs/reliability.md).
+    """
+    if executor.backend == "ray":
+        from unidist_api.backends.ray_signals import REFRESH
+
+        time.sleep(2 * REFRESH + 0.1)
     (folder / "release").touch()
+
+
+def _check_cancelled(executor: ua.Executor, folder: Path, submitted: int) -> None:
+    """After the release, tasks that were queued must not start."""
+    release(executor, folder)
     settle(executor)
     time.sleep(0.5)
     ran = len(started(folder))
     if executor.backend == "serial":
         assert ran == 0  # nothing after the failing item ever runs
-    elif _cancels(executor):
+    else:
         bound = beyond_cancel(executor, submitted)
         assert ran <= bound, f"{ran} of {submitted} queued tasks ran"
         if submitted > bound:
             assert ran < submitted
-    elif exact:  # ray: the tasks run, their results are dropped
-        assert ran == submitted
-    else:  # (a pipeline reads more input than it submits)
-        assert ran <= submitted
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
@@ -223,7 +221,7 @@ def test_pipeline_cancels_later_batches_on_error(ua_backend: ua.Executor, folder
     with prompt(), pytest.raises(ValueError):
         list(run(counted(200, taken), chunksize=1))
     assert len(taken) < 200
-    _check_cancelled(ua_backend, folder, len(taken) - 1, exact=False)
+    _check_cancelled(ua_backend, folder, len(taken) - 1)
 
 
 def test_future_cancel_queued_task(ua_backend: ua.Executor, folder: Path) -> None:
@@ -241,14 +239,20 @@ def test_future_cancel_queued_task(ua_backend: ua.Executor, folder: Path) -> Non
     queued = [ua.submit(hold, 1000 + i) for i in range(4 * ua_backend.workers + 4)]
     time.sleep(0.5)
     cancelled = [future.cancel() for future in queued]
-    for future in busy:
-        assert future.cancel() is False  # running: never interrupted
+    if ua_backend.backend != "ray":  # ray cannot tell running from queued: True (see below)
+        for future in busy:
+            assert future.cancel() is False  # running: never interrupted
     (folder / "release").touch()
     assert [f.result(PROMPT) for f in busy] == list(range(len(busy)))
     settle(ua_backend)
     time.sleep(0.5)
     ran = {int(name.split("-")[1]) for name in started(folder)} - set(range(len(busy)))
-    if _cancels(ua_backend):
+    if ua_backend.backend == "ray":
+        # every unfinished task's cancel() is True; a worker skips a task on the cancel
+        # board, read when it starts one (it last read it over 0.5 s ago: it is stale)
+        assert all(cancelled) and all(future.cancelled() for future in queued)
+        assert ran == set(), f"cancelled tasks ran: {sorted(ran)}"
+    else:
         # local: loky's call queue holds 2 * workers + 1 tasks beyond cancelling; dask:
         # the scheduler may have sent a worker more tasks than it has threads
         assert sum(cancelled) >= len(queued) - (2 * ua_backend.workers + 1)
@@ -260,6 +264,3 @@ def test_future_cancel_queued_task(ua_backend: ua.Executor, folder: Path) -> Non
             assert ran == refused
         for future, ok in zip(queued, cancelled, strict=True):
             assert future.cancelled() is ok or ua_backend.backend == "dask"
-    else:
-        assert cancelled == [False] * len(queued)
-        assert ran == {1000 + i for i in range(len(queued))}

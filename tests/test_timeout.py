@@ -9,6 +9,7 @@ Bounds are generous: the machine is shared with other test runs.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import signal
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,20 @@ def swallowing_sleep(seconds):
         except Exception:
             pass
     return "finished"
+
+
+def stuck_in_c(seconds, value=None):
+    """Like a long C call that never returns to the interpreter: SIGALRM stays pending.
+
+    (On Dask the task runs in a thread, where an asynchronous exception cannot stop
+    ``time.sleep`` either.)
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        time.sleep(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return seconds if value is None else value
 
 
 def count_then_sleep(counter, seconds):
@@ -131,6 +146,22 @@ def test_task_catching_everything_still_stopped(ua_backend):
     with pytest.raises(TaskTimeoutError):
         ua_backend.submit(ua.task(swallowing_sleep, timeout=1), STUCK).result()
     assert time.monotonic() - start < PROMPT
+
+
+@pytest.mark.ua_exclude("serial", reason="serial runs the task in the caller: no worker to replace")
+def test_task_stuck_in_c_stopped_and_worker_replaced(ua_backend):
+    """A task the interrupt cannot reach: its worker is replaced, the others still finish."""
+    others = [ua_backend.submit(sleepy, 0.5, i) for i in range(4)]
+    start = time.monotonic()
+    with pytest.raises(TaskTimeoutError) as info:
+        ua_backend.submit(ua.task(stuck_in_c, timeout=1), STUCK).result()
+    assert time.monotonic() - start < PROMPT
+    assert_timed_out(info, "stuck_in_c")
+    assert "replaced" in str(info.value) or "restarted" in str(info.value), str(info.value)
+    assert [f.result(timeout=120) for f in others] == list(range(4))
+    # the executor stays usable, with all its workers
+    n = ua_backend.workers * 2
+    assert list(ua_backend.map(add, range(n), range(n))) == [2 * i for i in range(n)]
 
 
 def test_fast_task_with_timeout_returns(ua_backend):

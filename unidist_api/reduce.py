@@ -119,7 +119,8 @@ def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Ite
     alarm = _Alarm()
 
     def submit(func: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = executor._submit_task(Task(func, args, {}, options, deps=find_futures(args, {})))
+        future = executor._submit_task(Task(func, args, {}, options, deps=find_futures(args, {}),
+                                            report_failure=True))
         alarm.watch(future)
         return future
 

@@ -12,6 +12,7 @@ args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one ta
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from .serialization import dumps, loads, task_name, unloadable
 
 CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
+STUCK_EXIT_CODE = 75  # a worker process ended by run_pickled's on_stuck
 
 Outcome = tuple[int, bytes, "str | None"]
 """``(OK, pickled value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
@@ -115,17 +117,37 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
 
 
 def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
-                retry_on: tuple[type[BaseException], ...], timeout: float | None = None
-                ) -> Outcome:
-    """Run one task given as pickles; the outcome is pickled too (never raises)."""
+                retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
+                stuck_path: str | None = None) -> Outcome:
+    """Run one task given as pickles; the outcome is pickled too (never raises).
+
+    ``stuck_path`` (with a ``timeout``): an attempt the interrupt cannot stop (stuck in
+    one C call) writes this file and ends the worker process, so the caller (the local
+    backend) can tell why the pool broke and fail just this task with TaskTimeoutError.
+    """
+    on_stuck = None if timeout is None or stuck_path is None else _exit_stuck(stuck_path)
     try:
-        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on, timeout)
+        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on, timeout,
+                        on_stuck)
     except _Failed as failed:
         return dump_error(failed.exc, failed.tb, failed.partial)
     try:
         return (OK, dumps(value), None)
     except Exception as exc:
         return dump_error(unpicklable_result(fn_data, value, exc), None)
+
+
+def _exit_stuck(path: str) -> Callable[[], None]:
+    """The ``on_stuck`` hook of :func:`run_pickled`: leave a note at ``path``, then exit."""
+
+    def exit_stuck() -> None:
+        try:
+            with open(path, "w") as file:
+                file.write(str(os.getpid()))
+        finally:
+            os._exit(STUCK_EXIT_CODE)  # the stuck thread dies with the process
+
+    return exit_stuck
 
 
 def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
@@ -222,6 +244,14 @@ def timeout_message(name: str, timeout: float) -> str:
         "(the timeout counts from the start of each attempt on a worker; a timed-out "
         "attempt is final, not retried). Raise the task's timeout option, or make the "
         "task faster"
+    )
+
+
+def stuck_error(name: str, timeout: float) -> TaskTimeoutError:
+    """The error for a task stopped by replacing its worker (local, ray)."""
+    return TaskTimeoutError(
+        timeout_message(name, timeout) + " (it was stuck where the interrupt cannot reach, "
+        "e.g. in one long C call, so its worker process was stopped and replaced)"
     )
 
 

@@ -6,6 +6,9 @@ executor. A task whose arguments hold unfinished futures waits for them without
 blocking the caller: one dispatcher thread submits it when they are done. ``put``
 writes the object once to a file the workers read (a RAM-backed one where the system
 has ``/dev/shm``), so many tasks share one copy instead of one pipe transfer each.
+A task past its ``timeout`` that the interrupt cannot reach (stuck in one C call) ends
+its worker process, leaving a note file: that task fails with TaskTimeoutError, the
+broken pool is replaced and its other unfinished tasks are sent again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from ..errors import ExecutorShutdownError
 from ..futures import Future
 from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
-from ..worker import Outcome, load_stored, run_initializer, run_pickled
+from ..worker import Outcome, load_stored, run_initializer, run_pickled, stuck_error
 from .base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -56,6 +59,7 @@ class LocalBackend(Backend):
         self._store: _Store | None = None
         self._unfinished: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # for cancel_futures
         self._stopped_at_exit = False  # in _running (a flag: cheaper than asking the WeakSet)
+        self._stuck_dir: str | None = None  # note files of stuck tasks (created on first need)
 
     # -- the pool -----------------------------------------------------------------
     def _get_pool(self) -> Any:
@@ -140,6 +144,10 @@ class LocalBackend(Backend):
         if self._store is not None:
             self._store.close()
             self._store = None
+        with self._lock:
+            stuck_dir, self._stuck_dir = self._stuck_dir, None
+        if stuck_dir is not None:
+            shutil.rmtree(stuck_dir, ignore_errors=True)
         self._functions.clear()
 
     # -- internals -----------------------------------------------------------------------
@@ -159,8 +167,9 @@ class LocalBackend(Backend):
         fn_data = self._functions.get(task.fn)
         payload = dumps_arguments(task.fn, args, kwargs)
         options = task.options
+        stuck = None if options.timeout is None else self._stuck_path()
         call = _Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
-                               options.timeout), self._hold(task))
+                               options.timeout, stuck), self._hold(task), stuck)
         self._send(future, call)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             _stop_at_exit(self)
@@ -194,8 +203,14 @@ class LocalBackend(Backend):
             exc = handle.exception()
         except cf.CancelledError:
             exc = None
-        if exc is not None and _is_broken(exc) and self._resend(future, call, pool):
-            return
+        if exc is not None and _is_broken(exc):
+            if call.stuck is not None and _take_note(call.stuck):  # it ended its worker
+                self._set_broken(pool)
+                timed_out = stuck_error(task_name(call.fn), call.args[5])
+                timed_out.__cause__ = exc
+                exc = timed_out
+            elif self._resend(future, call, pool):
+                return
         self._unfinished.discard(future)
         if call.held and self._store is not None:
             self._store.release(call.held)
@@ -225,6 +240,19 @@ class LocalBackend(Backend):
                 self._store.release(call.held)
             self._fail(future, exc, call)
         return True
+
+    def _stuck_path(self) -> str | None:
+        """A fresh path where a task with a timeout leaves a note if it gets stuck.
+
+        The note tells this task's timeout from any other reason its worker died
+        (loky only reports a broken pool). None once shut down: no new pool runs it.
+        """
+        with self._lock:
+            if self._stuck_dir is None:
+                if self._closed:
+                    return None
+                self._stuck_dir = tempfile.mkdtemp(prefix="unidist-api-stuck-")
+            return os.path.join(self._stuck_dir, uuid.uuid4().hex)
 
     def _fail(self, future: Future[Any], exc: BaseException, call: _Call) -> None:
         """Complete ``future`` with the pool's failure (the task's own comes as an outcome)."""
@@ -343,6 +371,15 @@ def _placeholder(future: Future[Any]) -> None:
     return None
 
 
+def _take_note(path: str) -> bool:
+    """Remove the note a stuck task left at ``path``; False if there is none."""
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
 def _is_broken(exc: BaseException) -> bool:
     """Whether loky reports a broken pool: a worker died (TerminatedWorkerError is one)."""
     import loky
@@ -353,13 +390,15 @@ def _is_broken(exc: BaseException) -> bool:
 class _Call:
     """A task's pickled call, kept so a task whose worker died is sent again as is."""
 
-    __slots__ = ("fn", "args", "held", "lost")
+    __slots__ = ("fn", "args", "held", "lost", "stuck")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str],
+                 stuck: str | None = None) -> None:
         self.fn = fn  # for the error's task name
         self.args = args  # run_pickled's arguments
         self.held = held  # put files the task reads, released when it finishes
         self.lost = 0  # how often its worker died
+        self.stuck = stuck  # with a timeout: where the task leaves a note if it gets stuck
 
 
 class _Stored:

@@ -74,9 +74,14 @@ thread per runtime (which also sweeps), which completes it with the ``ObjectRef`
 itself: the value is fetched on the first ``result()``, so a result passed on to
 another task never visits the caller. A failed task is never completed by a fetch:
 the fetch leaves it to that path, so ``result()`` raises the task's own exception
-with its remote traceback. Before we stop a Ray we started, the results the program
-still holds are fetched, so ``result()`` works after ``shutdown()``; after that we
-make no Ray call, which would start (or join) another Ray by itself.
+with its remote traceback. A watched future is completed as a success even when its
+task failed (that shows when the value is loaded), except for tasks that ask to report
+failures (``Task.report_failure``: every task of a ``reduce``, which must fail fast):
+those return a tiny status value first (``num_returns=2``), which the completer reads,
+so their future fails as soon as the task does. Before we stop a Ray we started, the
+results the program still holds are fetched, so ``result()`` works after
+``shutdown()``; after that we make no Ray call, which would start (or join) another Ray
+by itself.
 
 Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
 and is shared by every executor of the process, so ``initializer(*initargs)`` instead
@@ -85,12 +90,14 @@ process and executor, before the task (a worker that never runs one of its tasks
 runs it). If it raises, that task fails with its exception, and the next task on that
 worker tries again.
 
-Cancel. ``cancel()`` is always False, as on ``serial``: Ray cannot tell which tasks
-have not started, and ``ray.cancel`` can crash the calling process when it lands while
-the task finishes (a race in Ray's task manager, ray-project/ray#54846), which is
-exactly when map and pipeline cancel what they no longer need. Tasks not started
-still run and their results are dropped; ``shutdown(cancel_futures=True)`` therefore
-waits for them too when ``wait=True``.
+Cancel. ``ray.cancel`` can crash the calling process when it lands while the task
+finishes (a race in Ray's task manager, ray-project/ray#54846), which is exactly when
+map and pipeline cancel what they no longer need, so we never call it. ``cancel()``
+instead posts the task's id on a cancel board in Ray's key-value store and is True for
+any unfinished task; a worker reads the board when it starts a task (at most every
+0.2 s) and skips a task listed there (:mod:`.ray_signals`). Best effort: a task that
+starts before the worker's next read, or was running, runs to the end and its result is
+dropped.
 
 Backend options:
 
@@ -138,7 +145,15 @@ from ..errors import (
 from ..futures import Future, RemoteFailure, _Serialized
 from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
 from ..task import TaskOptions
-from ..worker import failure_details, run_initializer, run_native, unpicklable_result
+from ..worker import (
+    failure_details,
+    load_function,
+    run_initializer,
+    run_native,
+    stuck_error,
+    unpicklable_result,
+)
+from . import ray_signals as signals
 from .base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -181,8 +196,8 @@ class RayBackend(Backend):
         self._lock = threading.Lock()
         self._runtime: _Runtime | None = None
         self._functions = FunctionCache()
-        self._calls: dict[TaskOptions, tuple[Any, Pickled]] = {}
-        self._specs: dict[tuple[int, int, int], _Spec] = {}
+        self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Pickled]] = {}
+        self._specs: dict[tuple[int, int, int, bool], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
 
     # -- where it runs -----------------------------------------------------------------
@@ -252,10 +267,14 @@ class RayBackend(Backend):
                 return future
         else:
             handles = []
-        spec = self._specs.get((id(fn_data), id(task.options), task.mode))
+        status = task.report_failure
+        spec = self._specs.get((id(fn_data), id(task.options), task.mode, status))
         if spec is None:
-            spec = self._spec(runtime, fn_data, task.options, task.mode)
-        future.handle = spec.remote.remote(spec.arg, payload, *handles)
+            spec = self._spec(runtime, fn_data, task.options, task.mode, status)
+        if status:  # a second, tiny return value tells a failure without loading the value
+            future._status, future.handle = spec.remote.remote(spec.arg, payload, *handles)
+        else:
+            future.handle = spec.remote.remote(spec.arg, payload, *handles)
         future._fn = task.fn
         if inputs:  # weakly: a lost input is named in this task's WorkerLostError
             future._inputs = [weakref.ref(dep) for dep in inputs if isinstance(dep, _RayFuture)]
@@ -271,8 +290,14 @@ class RayBackend(Backend):
         return future
 
     def cancel(self, future: Future[Any]) -> bool:
-        """Never: Ray cannot cancel safely (see the module doc), so tasks always run."""
-        return False
+        """Post the task on the cancel board; True for any unfinished task (module doc)."""
+        runtime = self._runtime
+        if (runtime is None or runtime.closed or not isinstance(future, _RayFuture)
+                or future.handle is None or future._state != _PENDING):
+            return False
+        runtime.board.add(future.handle.task_id().hex())
+        runtime.completer.wake()
+        return True
 
     def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Wait for ``futures`` and load their values with one ``ray.get``, in this thread.
@@ -285,7 +310,7 @@ class RayBackend(Backend):
         loading: list[Future[Any]] = []
         running: list[_RayFuture[Any]] = []  # not finished: no watcher needed while we wait
         for future in futures:
-            if future._state != _FINISHED and isinstance(future, _RayFuture):
+            if future._state == _PENDING and isinstance(future, _RayFuture):
                 ref = future.handle
                 running.append(future)
                 future._fetching = True
@@ -327,6 +352,9 @@ class RayBackend(Backend):
         if runtime is None:
             return
         mine = runtime.unfinished(self)
+        if cancel_futures:
+            for future in mine:
+                future.cancel()
         if wait:
             cf.wait(mine)
         self._calls.clear()
@@ -346,20 +374,22 @@ class RayBackend(Backend):
             data = dumps_value(dep.result(), "the value of an input future")
         return data
 
-    def _spec(self, runtime: _Runtime, fn_data: bytes, options: TaskOptions, mode: int
-              ) -> _Spec:
+    def _spec(self, runtime: _Runtime, fn_data: bytes, options: TaskOptions, mode: int,
+              status: bool) -> _Spec:
         """What every task of this function, options and mode passes to :func:`_run_task`.
 
         A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
-        initializer, timeout)``, which a worker unpickles once and then knows by the token. Inline
-        when small; else the token, the pickle's ObjectRef (put once; a worker reads it
-        only when it does not know the token) and the initializer's ``(token, ObjectRef)``.
+        initializer, timeout, status)``, which a worker unpickles once and then knows by the
+        token. Inline when small; else the token, the pickle's ObjectRef (put once; a worker
+        reads it only when it does not know the token) and the initializer's ``(token,
+        ObjectRef)``. With ``status`` the task returns a tiny status value first.
         """
-        remote, retry_on = self._call(runtime, options)
+        remote, retry_on = self._call(runtime, options, status)
         init = self._initializer()
         small_init = init is None or isinstance(init[1], bytes)
         data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
-                                           init if small_init else None, options.timeout))
+                                           init if small_init else None, options.timeout,
+                                           status))
         arg: Any = data
         if len(data) > INLINE_BYTES or not small_init:
             arg = (data[:16], data if len(data) <= INLINE_BYTES else ray.put(data),
@@ -367,17 +397,20 @@ class RayBackend(Backend):
         spec = _Spec(fn_data, options, arg, remote)
         if len(self._specs) >= SPECS_MAX:
             self._specs.clear()
-        self._specs[(id(fn_data), id(options), mode)] = spec
+        self._specs[(id(fn_data), id(options), mode, status)] = spec
         return spec
 
-    def _call(self, runtime: _Runtime, options: TaskOptions) -> tuple[Any, Pickled]:
+    def _call(self, runtime: _Runtime, options: TaskOptions, status: bool
+              ) -> tuple[Any, Pickled]:
         """The remote function with Ray options for ``options``, and the pickled retry_on."""
-        call = self._calls.get(options)
+        call = self._calls.get((options, status))
         if call is None:
             ray_options: dict[str, Any] = {
                 "num_cpus": options.cpus, "max_retries": LOST_WORKER_RETRIES,
                 "retry_exceptions": False,
             }
+            if status:
+                ray_options["num_returns"] = 2
             if options.gpus:
                 ray_options["num_gpus"] = options.gpus
             if options.memory is not None:
@@ -387,7 +420,8 @@ class RayBackend(Backend):
             if self._runtime_env:
                 ray_options["runtime_env"] = self._runtime_env
             retry_on = Pickled(dumps_value(options.retry_on, "the retry_on exception classes"))
-            call = self._calls[options] = (runtime.remote.options(**ray_options), retry_on)
+            call = self._calls[(options, status)] = (runtime.remote.options(**ray_options),
+                                                     retry_on)
         return call
 
     def _initializer(self) -> tuple[str, Any] | None:
@@ -425,7 +459,8 @@ class _Runtime:
         )
         self.watch_lock = threading.Lock()  # orders watching against closing
         self.remote = ray.remote(_run_task)
-        self.completer = _Completer(self.complete, self.sweep)
+        self.board = signals.CancelBoard()
+        self.completer = _Completer(self.complete, self.sweep, self.board)
         self._nodes: list[dict[str, float]] = []
         self._nodes_at = -math.inf
 
@@ -477,8 +512,23 @@ class _Runtime:
         with _lock:
             self.pending.discard(future)
             close = self.closing and not self.pending
+        if future.cancelled():  # its task is over (skipped or not): off the board
+            self.board.discard(future.handle.task_id().hex())
+        failure = None
+        status = getattr(future, "_status", None)
+        if error is None and status is not None:
+            future._status = None  # type: ignore[attr-defined]
+            try:
+                ray.get(status, timeout=10)  # tiny, and ready: raises if the task failed
+            except rex.RayTaskError as err:
+                failure = _task_error(err, future.handle)
+            except rex.RayError as err:  # not the task's own failure (a lost worker)
+                error = err
         try:
-            if error is None:
+            if failure is not None:
+                future.partial = failure.partial
+                future.set_remote_exception(failure.exc, failure.tb)
+            elif error is None:
                 future.set_serialized_result(future.handle, _load)
                 self.unread.add(future)
             else:
@@ -581,6 +631,7 @@ def _close(runtime: _Runtime, *, exiting: bool = False) -> None:
         if not exiting:  # results the program still holds stay readable
             for future in list(runtime.unread):
                 future.exception()
+        runtime.board.close()
         if runtime.ours:
             ray.shutdown(wait_for_processes=True)
     for future in dropped:
@@ -738,17 +789,19 @@ class _Completer:
     """
 
     def __init__(self, complete: Callable[[Future[Any], BaseException | None], None],
-                 sweep: Callable[[], None]) -> None:
+                 sweep: Callable[[], None], board: signals.CancelBoard) -> None:
         self._complete = complete
         self._sweep = sweep
+        self._board = board
         self._queue: queue.SimpleQueue[tuple[Future[Any] | None, BaseException | None] | None] = (
             queue.SimpleQueue()
         )
         threading.Thread(target=self._run, name="unidist-api-ray-completer", daemon=True).start()
 
     def watch(self, future: Future[Any]) -> None:
+        ref = getattr(future, "_status", None) or future.handle  # ready together
         try:
-            future.handle._on_ready(functools.partial(self._ready, future))
+            ref._on_ready(functools.partial(self._ready, future))
         except Exception as exc:  # Ray cannot wait for it (e.g. stopped by the program)
             self._ready(future, exc)
 
@@ -756,7 +809,7 @@ class _Completer:
         self._queue.put((future, error))
 
     def wake(self) -> None:
-        """Sweep now."""
+        """Sweep now (and post the cancel board if it changed)."""
         self._queue.put((None, None))
 
     def stop(self) -> None:
@@ -774,12 +827,15 @@ class _Completer:
             future, error = item
             if future is not None:
                 self._complete(future, error)
+            if self._board.dirty and self._queue.empty():  # one write for a burst of changes
+                self._board.post()
             if future is None or time.monotonic() - swept > SWEEP_EVERY:
                 self._sweep()
                 swept = time.monotonic()
 
 
 _FINISHED = cf._base.FINISHED
+_PENDING = cf._base.PENDING
 T = TypeVar("T")
 
 
@@ -799,6 +855,7 @@ class _RayFuture(Future[T]):
         self._fetching = False  # a fetch waits for it (the sweep leaves it alone)
         self._fn: Callable[..., Any] | None = None  # the task's function, to name it in errors
         self._inputs: list[weakref.ref[_RayFuture[Any]]] = []  # its input futures (weakly)
+        self._status: Any = None  # the status ObjectRef of a task reporting failures
         super().__init__(backend)
 
     def _watch(self) -> None:
@@ -823,7 +880,7 @@ class _RayFuture(Future[T]):
         return super().done()
 
     def result(self, timeout: float | None = None) -> T:
-        if self._state != _FINISHED and self._backend is not None:
+        if self._state == _PENDING and self._backend is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._backend.fetch([self], timeout)
             if deadline is not None:
@@ -945,28 +1002,40 @@ class _Spec:
 
 
 # -- on the worker -------------------------------------------------------------------------
-def _run_task(*args: Any) -> bytes:
+def _run_task(*args: Any) -> bytes | tuple[bytes, bytes]:
     """The one remote function: initializer, then the task, then its pickled value.
+
+    A task asked to report failures (``status`` in its spec) returns an empty status
+    value before it: the caller learns of a failure from that one, without the value.
 
     ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
     checks the fastest at each call).
     """
     spec, payload, *inputs = args
     try:
-        fn_data, mode, retries, retry_on, init, timeout = _load_spec(spec)
+        if signals.cancelled_here():
+            raise cf.CancelledError("the caller cancelled this task before it started")
+        fn_data, mode, retries, retry_on, init, timeout, status = _load_spec(spec)
+        on_stuck = None
+        if timeout is not None:
+            key = signals.stuck_key()
+            if signals.was_stuck(key):
+                raise stuck_error(task_name(load_function(fn_data)), timeout)
+            on_stuck = functools.partial(signals.mark_stuck_and_exit, key)
         if init is not None:
             _initialize(*init)
         value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, pickled=True,
-                           timeout=timeout)
+                           timeout=timeout, on_stuck=on_stuck)
     except (Exception, SystemExit) as exc:
         raise _TaskFailed.carrying(exc) from None
     try:
-        return dumps(value)
+        data = dumps(value)
     except Exception as exc:
         raise _TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
+    return (b"", data) if status else data
 
 
-_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None"]
+_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None", bool]
 _specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
 
 
