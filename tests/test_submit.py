@@ -313,6 +313,22 @@ def test_wait_first_exception(ua_backend):
     assert isinstance(bad.exception(), ValueError)
 
 
+@pytest.mark.ua_exclude("serial", reason="serial runs each task inside submit")
+def test_wait_first_exception_is_prompt(ua_backend):
+    slow = ua.submit(sleepy, "slow", 5)
+    bad = ua.submit(boom, "first exception")
+    start = time.monotonic()
+    done, not_done = ua.wait([slow, bad], return_when=cf.FIRST_EXCEPTION)
+    assert time.monotonic() - start < 4, "wait(FIRST_EXCEPTION) waited for the slow task"
+    assert bad in done and slow in not_done
+    assert isinstance(bad.exception(), ValueError)
+    assert slow.result() == "slow"
+    # no failure: the same as ALL_COMPLETED
+    good = [ua.submit(sleepy, i, 0.1) for i in range(3)]
+    done, not_done = ua.wait(good, return_when=cf.FIRST_EXCEPTION)
+    assert done == set(good) and not not_done
+
+
 # --------------------------------------------------------------------------- asyncio
 def test_await_future(ua_backend):
     async def main():

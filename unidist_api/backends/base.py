@@ -75,6 +75,9 @@ class Backend(ABC):
     takes_address: ClassVar[bool] = False
     #: Whether :meth:`fetch` beats waiting on each future (engines with an object store).
     fetches: ClassVar[bool] = False
+    #: Whether a finished future's failure shows only when its value is loaded (ray):
+    #: ``wait(return_when=FIRST_EXCEPTION)`` then looks at each future as it finishes.
+    failure_needs_load: ClassVar[bool] = False
     #: Whether tasks get their ``timeout`` option on the worker (``run_pickled``'s
     #: ``timeout``); without it, ``timeout`` is refused at submit rather than ignored.
     honours_timeout: ClassVar[bool] = False

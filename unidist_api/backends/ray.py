@@ -180,6 +180,7 @@ class RayBackend(Backend):
     takes_address = True
     option_names = frozenset({"connect_timeout", "runtime_env"})
     fetches = True
+    failure_needs_load = True
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
