@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import pytest
+
 import unidist_api as ua
+from unidist_api.testing import leftovers
 
 PROGRAM = textwrap.dedent(
     """
@@ -72,6 +76,41 @@ def test_no_worker_outlives_explicit_shutdown(ua_backend):
     pids, alive = _worker_pids_after("ua.shutdown(wait=False)", ua_backend.backend)
     assert pids
     assert alive == []
+
+
+@pytest.mark.ua_exclude("serial", reason="serial starts no process")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_no_process_outlives_a_killed_caller(ua_backend, sig):
+    """The caller is killed, no exit code runs: its workers go within 20 s, the rest soon.
+
+    "The rest" is every process the caller had started. On ray, after a SIGKILL, Ray's
+    own agent processes take up to about a minute to notice (docs/reliability.md).
+    """
+    env = dict(os.environ, UNIDIST_API_BACKEND=ua_backend.backend)
+    caller = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM.format(ending="time.sleep(120)")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = caller.stdout.readline()
+        pids = {int(p) for p in line.split()}
+        assert pids, "the program reported no task process ids"
+        started = leftovers.descendants(caller.pid)
+        caller.send_signal(sig)
+        caller.wait(timeout=30)
+    finally:
+        caller.kill()
+        caller.wait()
+        caller.stdout.close()
+    deadline = time.monotonic() + 20
+    alive = [p for p in pids if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _alive(p)]
+    assert alive == [], f"{len(alive)} of {len(pids)} worker processes outlived the caller"
+    grace = 90 if ua_backend.backend == "ray" and sig == signal.SIGKILL else 20
+    left = leftovers.wait_gone(started, grace)
+    assert left == [], "\n".join(leftovers.describe(ident) for ident in left)
 
 
 def test_shutdown_then_module_functions_start_afresh():

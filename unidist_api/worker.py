@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 import types
@@ -329,6 +330,27 @@ def load_stored(path: str) -> Any:
         if len(_stored) > _STORED_CACHE_SIZE:
             _stored.popitem(last=False)
     return loads(data)
+
+
+def start_local_worker(parent: int, data: bytes | None) -> None:
+    """A loky worker's start (``local``): watch the caller, then the user's initializer.
+
+    A worker whose caller died without shutting it down (SIGKILL, SIGTERM, a crash) exits
+    within ``PARENT_CHECK`` seconds: loky's workers would otherwise wait for work forever.
+    """
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="unidist-api-parent-watch").start()
+    if data is not None:
+        run_initializer(data)
+
+
+PARENT_CHECK = 1.0  # seconds between a local worker's checks that its caller still runs
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:  # the caller is gone: this process was reparented
+        time.sleep(PARENT_CHECK)
+    os._exit(1)
 
 
 def run_initializer(data: bytes) -> None:

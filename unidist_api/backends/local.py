@@ -8,7 +8,9 @@ writes the object once to a file the workers read (a RAM-backed one where the sy
 has ``/dev/shm``), so many tasks share one copy instead of one pipe transfer each.
 A task past its ``timeout`` that the interrupt cannot reach (stuck in one C call) ends
 its worker process, leaving a note file: that task fails with TaskTimeoutError, the
-broken pool is replaced and its other unfinished tasks are sent again.
+broken pool is replaced and its other unfinished tasks are sent again. Each worker
+exits by itself within a second of the caller's death (``start_local_worker``), so a
+caller killed outright leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from ..errors import ExecutorShutdownError
 from ..futures import Future
 from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
-from ..worker import Outcome, load_stored, run_initializer, run_pickled, stuck_error
+from ..worker import Outcome, load_stored, run_pickled, start_local_worker, stuck_error
 from .base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -81,8 +83,8 @@ class LocalBackend(Backend):
                     self._broken = False
                 self._pool = loky.ProcessPoolExecutor(
                     max_workers=self.workers,
-                    initializer=run_initializer if self.init_data else None,
-                    initargs=(self.init_data,) if self.init_data else (),
+                    initializer=start_local_worker,
+                    initargs=(os.getpid(), self.init_data),
                     env=self.options.get("env"),
                 )
             return self._pool
