@@ -10,6 +10,7 @@ kills few. Not on serial, whose tasks run in the test's own process.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import ctypes
 import functools
 import operator
@@ -193,3 +194,32 @@ def _is_loky_worker(process: psutil.Process) -> bool:
         return "loky.backend.popen_loky_posix" in process.cmdline()
     except psutil.Error:  # gone meanwhile
         return False
+
+
+# --------------------------------------------------------------------------- repeated kills
+def pid_after(seconds: float, _: int) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_workers_killed_again_and_again_are_all_replaced(ua_backend):
+    """Killing every worker, round after round, leaves the executor with all its workers.
+
+    On dask, Dask's cluster closes a nanny for good when no worker of its name is back
+    ``lost-worker-timeout`` after a loss; it is shortened here so that happens within the
+    test. The embedded cluster starts such nannies again (docs/reliability.md).
+    """
+    import dask.config
+
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.3s"}):
+        for _ in range(6):
+            pids = set(ua_backend.map(functools.partial(pid_after, 0.05),
+                                      range(4 * ua_backend.workers), chunksize=1, timeout=90))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+    # every worker is back: as many run at once as before
+    pids = set(ua_backend.map(functools.partial(pid_after, 0.5), range(4 * ua_backend.workers),
+                              chunksize=1, timeout=90))
+    assert len(pids) >= ua_backend.workers, f"{len(pids)} of {ua_backend.workers} workers left"

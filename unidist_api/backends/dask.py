@@ -86,6 +86,8 @@ How the contract maps onto Dask:
   state would otherwise leak into other executors' tasks; on a running cluster, every
   worker runs the initializers of all the executors connected to it. Executors without one
   share an embedded cluster of the same shape, counted by users: starting one costs seconds.
+  The embedded cluster (:mod:`.dask_cluster`) restarts nannies Dask closes after
+  repeated worker deaths, so it never ends up without workers.
 - **Shutdown** waits (``wait=True``), closes the client and stops the cluster we started
   once its last user is gone; ``wait=False`` does the same in the background. At
   interpreter exit, before ``atexit`` handlers run, tasks not finished are dropped and
@@ -106,7 +108,6 @@ import functools
 import itertools
 import logging
 import math
-import multiprocessing.spawn
 import os
 import queue
 import re
@@ -115,15 +116,14 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import dask.config
 from dask.sizeof import sizeof
 from dask.typing import Key
 from dask.utils import format_bytes, funcname
-from distributed import Client, KilledWorker, LocalCluster, Worker, WorkerPlugin, get_worker
+from distributed import Client, KilledWorker, Worker, WorkerPlugin, get_worker
 from distributed import Future as DaskFuture
-from distributed.system import MEMORY_LIMIT
 
 from ..errors import (
     ClusterConnectionError,
@@ -143,7 +143,6 @@ from ..worker import (
     unpicklable_result,
 )
 from .base import (
-    LOST_WORKER_RETRIES,
     Backend,
     Task,
     check_listening,
@@ -152,6 +151,7 @@ from .base import (
     prepare_native,
     worker_lost,
 )
+from .dask_cluster import EmbeddedCluster, embedded_resources
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 OFFERS_MAX_AGE = 5.0  # seconds a running cluster's worker resources are cached
@@ -178,7 +178,7 @@ class DaskBackend(Backend):
                                             integer=True))
         self._lock = threading.Lock()
         self._client: Client | None = None
-        self._cluster: _Cluster | None = None  # the embedded cluster we use, if any
+        self._cluster: EmbeddedCluster | None = None  # the embedded cluster we use, if any
         self._plugin: str | None = None  # our initializer's plugin name
         self._closed = False
         self._threads_seen = 0  # worker threads of a running cluster, when last asked
@@ -361,7 +361,7 @@ class DaskBackend(Backend):
             if self.address is not None:
                 client = self._connect(self.address)
             else:
-                self._cluster = _Cluster.acquire(self._workers or os.cpu_count() or 1,
+                self._cluster = EmbeddedCluster.acquire(self._workers or os.cpu_count() or 1,
                                                  self._threads, private=self.init_data is not None)
                 client = Client(self._cluster.cluster, set_as_default=False)
                 client.register_plugin(_QuietTaskFailures())
@@ -621,7 +621,7 @@ class DaskBackend(Backend):
         with resource options do not cost a round trip to the scheduler each.
         """
         if self.address is None:
-            return [_embedded_resources(self._workers or os.cpu_count() or 1, self._threads)]
+            return [embedded_resources(self._workers or os.cpu_count() or 1, self._threads)]
         seen_at, offers = self._offers_seen
         if time.monotonic() - seen_at > max_age:
             workers = self._get_client().scheduler_info(n_workers=-1)["workers"]
@@ -714,7 +714,7 @@ class DaskBackend(Backend):
         self._functions.clear()
 
     @staticmethod
-    def _release(client: Client | None, cluster: _Cluster | None) -> None:
+    def _release(client: Client | None, cluster: EmbeddedCluster | None) -> None:
         try:
             if client is not None:
                 client.close()
@@ -1063,77 +1063,6 @@ class _QuietTaskFailures(WorkerPlugin):
 
 def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Compute Failed")
-
-
-# -- embedded clusters -----------------------------------------------------------------------------
-class _Cluster:
-    """An embedded ``LocalCluster`` and how many executors use it."""
-
-    _shared: ClassVar[dict[tuple[int, int], _Cluster]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, workers: int, threads: int, key: tuple[int, int] | None) -> None:
-        self.resources = _embedded_resources(workers, threads)
-        self.key = key
-        self.users = 0
-        _keep_main_out_of_workers()
-        self.cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-            dashboard_address=None, memory_limit=int(self.resources["MEMORY"]),
-            resources=self.resources, silence_logs=logging.WARNING,
-            # the scheduler's HTTP endpoints (health, metrics) would take port 8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0",
-                              "allowed_failures": LOST_WORKER_RETRIES},
-        )
-
-    @classmethod
-    def acquire(cls, workers: int, threads: int, *, private: bool) -> _Cluster:
-        """A cluster of this shape: a new one if ``private``, else the shared one."""
-        with cls._lock:
-            key = None if private else (workers, threads)
-            cluster = cls._shared.get(key) if key is not None else None
-            if cluster is None:
-                cluster = cls(workers, threads, key)
-                if key is not None:
-                    cls._shared[key] = cluster
-            cluster.users += 1
-            return cluster
-
-    def release(self) -> None:
-        """One user fewer; the last one stops the cluster."""
-        with self._lock:
-            self.users -= 1
-            if self.users:
-                return
-            if self.key is not None and self._shared.get(self.key) is self:
-                del self._shared[self.key]
-        self.cluster.close()
-
-
-def _embedded_resources(workers: int, threads: int) -> dict[str, float]:
-    """What each embedded worker declares: its threads, and Dask's default memory share."""
-    return {"CPU": float(threads), "MEMORY": float(MEMORY_LIMIT // workers)}
-
-
-_WORKER_PROCESS = "Dask Worker process"  # how Dask's Nanny names the processes it spawns
-
-
-def _keep_main_out_of_workers() -> None:
-    """Spawn Dask's worker processes without re-running this program's ``__main__``."""
-    spawn: Any = multiprocessing.spawn
-    if getattr(spawn.get_preparation_data, "keeps_main_out", False):
-        return
-    original = spawn.get_preparation_data
-
-    def get_preparation_data(name: str) -> dict[str, Any]:
-        data: dict[str, Any] = original(name)
-        if name.startswith(_WORKER_PROCESS):
-            data.pop("init_main_from_path", None)
-            data.pop("init_main_from_name", None)
-        return data
-
-    get_preparation_data.keeps_main_out = True  # type: ignore[attr-defined]
-    spawn.get_preparation_data = get_preparation_data
 
 
 # -- nothing we started outlives the interpreter ---------------------------------------------------

@@ -1,0 +1,116 @@
+# mypy: disallow-untyped-calls=False
+"""The embedded Dask cluster: a ``LocalCluster`` on 127.0.0.1 that we start, share and stop.
+
+Executors of the same shape (workers, threads) share one; the last to let go stops it.
+
+It keeps its workers. When a worker process dies its nanny starts a new one, but Dask's
+``SpecCluster`` closes a nanny for good when, ``distributed.deploy.lost-worker-timeout``
+(15 s) after a loss, no worker of its name is registered, which happens when a worker
+dies again while it restarts: under repeated worker deaths (a task that keeps crashing,
+or killing them) the cluster ended with no worker at all, and every task waited forever.
+So a thread checks every ``HEAL_EVERY`` seconds that the cluster still has all its
+nannies and, if not, has ``LocalCluster.scale`` start the missing ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.spawn
+import threading
+from typing import Any, ClassVar
+
+from distributed import LocalCluster
+from distributed.system import MEMORY_LIMIT
+
+from .base import LOST_WORKER_RETRIES
+
+__all__ = ["EmbeddedCluster", "embedded_resources", "HEAL_EVERY"]
+
+HEAL_EVERY = 1.0  # seconds between checks that the embedded cluster has all its workers
+
+
+class EmbeddedCluster:
+    """An embedded ``LocalCluster``, how many executors use it, and its healer thread."""
+
+    _shared: ClassVar[dict[tuple[int, int], EmbeddedCluster]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, workers: int, threads: int, key: tuple[int, int] | None) -> None:
+        self.resources = embedded_resources(workers, threads)
+        self.key = key
+        self.users = 0
+        self.workers = workers
+        _keep_main_out_of_workers()
+        self.cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+            dashboard_address=None, memory_limit=int(self.resources["MEMORY"]),
+            resources=self.resources, silence_logs=logging.WARNING,
+            # the scheduler's HTTP endpoints (health, metrics) would take port 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0",
+                              "allowed_failures": LOST_WORKER_RETRIES},
+        )
+        self.healed = 0  # nannies started again after Dask closed them
+        self._stop = threading.Event()
+        threading.Thread(target=self._heal, daemon=True, name="unidist-api-dask-heal").start()
+
+    @classmethod
+    def acquire(cls, workers: int, threads: int, *, private: bool) -> EmbeddedCluster:
+        """A cluster of this shape: a new one if ``private``, else the shared one."""
+        with cls._lock:
+            key = None if private else (workers, threads)
+            cluster = cls._shared.get(key) if key is not None else None
+            if cluster is None:
+                cluster = cls(workers, threads, key)
+                if key is not None:
+                    cls._shared[key] = cluster
+            cluster.users += 1
+            return cluster
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the cluster."""
+        with self._lock:
+            self.users -= 1
+            if self.users:
+                return
+            if self.key is not None and self._shared.get(self.key) is self:
+                del self._shared[self.key]
+        self._stop.set()
+        self.cluster.close()
+
+    def _heal(self) -> None:
+        """Start the nannies Dask closed (see the module doc) until the cluster stops."""
+        while not self._stop.wait(HEAL_EVERY):
+            missing = self.workers - len(self.cluster.workers)
+            if missing <= 0:
+                continue
+            try:
+                self.cluster.scale(self.workers)  # starts a nanny for each missing one
+                self.healed += missing
+            except Exception:  # stopping meanwhile: the next round (or none) tells
+                logging.getLogger(__name__).debug("scaling the cluster failed", exc_info=True)
+
+
+def embedded_resources(workers: int, threads: int) -> dict[str, float]:
+    """What each embedded worker declares: its threads, and Dask's default memory share."""
+    return {"CPU": float(threads), "MEMORY": float(MEMORY_LIMIT // workers)}
+
+
+_WORKER_PROCESS = "Dask Worker process"  # how Dask's Nanny names the processes it spawns
+
+
+def _keep_main_out_of_workers() -> None:
+    """Spawn Dask's worker processes without re-running this program's ``__main__``."""
+    spawn: Any = multiprocessing.spawn
+    if getattr(spawn.get_preparation_data, "keeps_main_out", False):
+        return
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name.startswith(_WORKER_PROCESS):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data.keeps_main_out = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
