@@ -6,12 +6,14 @@ worker process (one whose pid a task reported) every few seconds. Every result i
 checked against plain Python (builtin ``map``, ``functools.reduce``). It reports, per
 backend, the tasks run, workers killed, results lost (must be 0: a run with any lost
 result exits with status 1) and the driver's memory at start (engine started) and end,
-and writes JSON.
+and writes JSON. A round that makes no progress for 5 minutes is a hang: the soak
+prints every thread's stack and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import json
 import os
@@ -118,18 +120,47 @@ def _round(ex: ua.Executor, kind: str, rng: random.Random, killer: Killer,
         log(f"  {kind} failed: {type(exc).__name__}: {exc}"[:200])
 
 
+ROUND_LIMIT = 300.0  # seconds one round may take before the soak counts it as hung
+
+
+class HangWatch(threading.Thread):
+    """Ends the soak, with every thread's stack, when a round outlasts ROUND_LIMIT.
+
+    A hang is a failure the soak must report, not sit in: exit status 2.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="soak-hang-watch")
+        self.last = time.monotonic()
+        self.what = "starting"
+        self.stop = threading.Event()
+
+    def beat(self, what: str) -> None:
+        self.last, self.what = time.monotonic(), what
+
+    def run(self) -> None:
+        while not self.stop.wait(5):
+            if time.monotonic() - self.last > ROUND_LIMIT:
+                log(f"HUNG: no progress for {ROUND_LIMIT:g} s in {self.what}; stacks follow")
+                faulthandler.dump_traceback(all_threads=True)
+                os._exit(2)
+
+
 def soak(backend: str, seconds: float, kill_every: float, seed: int) -> Report:
     report = Report(backend)
     rng = random.Random(seed)
     start = time.monotonic()
     ex = ua.Executor(backend, workers=2)
     killer = Killer(kill_every, seed)
+    watch = HangWatch()
+    watch.start()
     try:
         killer.pids.update(pid for _, pid in ex.map(soak_square, range(20)))
         report.rss_start_mb = _rss_mb()  # the engine started and warmed up
         killer.start()
         while time.monotonic() - start < seconds:
             kind = ("map", "pipeline", "reduce")[report.rounds % 3]
+            watch.beat(f"{backend} round {report.rounds + 1} ({kind})")
             _round(ex, kind, rng, killer, report)
             report.rounds += 1
             if report.rounds % 10 == 0:
@@ -139,7 +170,9 @@ def soak(backend: str, seconds: float, kill_every: float, seed: int) -> Report:
         killer.stop.set()
         killer.join()
         report.kills = killer.kills
+        watch.beat(f"{backend} shutdown")
         ex.shutdown()
+        watch.stop.set()
     report.seconds = time.monotonic() - start
     report.rss_end_mb = _rss_mb()
     return report
