@@ -296,7 +296,8 @@ class RayBackend(Backend):
         if (runtime is None or runtime.closed or not isinstance(future, _RayFuture)
                 or future.handle is None or future._state != _PENDING):
             return False
-        runtime.board.add(future.handle.task_id().hex())
+        if not runtime.board.add(future.handle.task_id().hex()):
+            return False
         runtime.completer.wake()
         return True
 

@@ -44,16 +44,23 @@ class CancelBoard:
     """The caller's side: task ids to skip, posted to the GCS by one thread (``post``)."""
 
     def __init__(self) -> None:
-        self.key = _job_key()
+        try:
+            self.key: str | None = _job_key()
+        except Exception:  # a Ray without job ids here (e.g. a client): no cancelling
+            self.key = None
         self._lock = threading.Lock()
         self._ids: set[str] = set()
         self._dirty = False  # changed since the last post
         self._posted = False  # the key exists in the GCS
 
-    def add(self, task_id: str) -> None:
+    def add(self, task_id: str) -> bool:
+        """List a task to skip; False if this board cannot work (no key)."""
+        if self.key is None:
+            return False
         with self._lock:
             self._ids.add(task_id)
             self._dirty = True
+        return True
 
     def discard(self, task_id: str) -> None:
         """Forget a task that finished (skipped or not): the board stays small."""
@@ -70,7 +77,7 @@ class CancelBoard:
     def post(self) -> None:
         """Write the board to the GCS if it changed (from one thread only: order kept)."""
         with self._lock:
-            if not self._dirty:
+            if not self._dirty or self.key is None:
                 return
             self._dirty = False
             value = ",".join(self._ids).encode()
@@ -85,7 +92,7 @@ class CancelBoard:
             logging.getLogger(__name__).debug("posting the cancel board failed", exc_info=True)
 
     def close(self) -> None:
-        if self._posted:
+        if self._posted and self.key is not None:
             self._posted = False
             try:
                 internal_kv._internal_kv_del(self.key)
@@ -104,9 +111,12 @@ def cancelled_here() -> bool:
     now = time.monotonic()
     read_at, ids = _board
     if now - read_at > REFRESH:
-        if _board_key is None:
-            _board_key = _job_key()
-        value = internal_kv._internal_kv_get(_board_key)
+        try:
+            if _board_key is None:
+                _board_key = _job_key()
+            value = internal_kv._internal_kv_get(_board_key)
+        except Exception:  # the GCS unreachable for a moment: run the task (best effort)
+            value = None
         ids = frozenset(value.decode().split(",")) if value else frozenset()
         _board = (now, ids)
     return bool(ids) and (ray.get_runtime_context().get_task_id() or "") in ids
