@@ -341,18 +341,23 @@ def test_wrong_dask_addresses_fail_within_the_connect_timeout(tmp_path):
         assert gcs, "the Ray head did not start"
         outcomes = _probe_addresses("dask", gcs)
     finally:
-        assert head.stdin is not None
-        head.stdin.close()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, 9)
-            head.wait()
+        _stop_server(head)
     print(json.dumps(outcomes, indent=1))
     _check_refused(outcomes, 6)
     by_address = {outcome["address"]: outcome["message"] for outcome in outcomes}
     assert "ray backend" in by_address[next(a for a in by_address if a.startswith("ray://"))]
     assert "tcp://host:port" in by_address["nope:abc"]
+
+
+def _stop_server(server: subprocess.Popen[str]) -> None:
+    """Close a test server's stdin (it exits then); kill its process group if it hangs."""
+    assert server.stdin is not None
+    server.stdin.close()
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+        server.wait()
 
 
 DASK_SCHEDULER = r"""
@@ -374,13 +379,7 @@ def test_wrong_ray_addresses_fail_within_the_connect_timeout():
         assert address.startswith("tcp://"), address
         outcomes = _probe_addresses("ray", address, address.removeprefix("tcp://"))
     finally:
-        assert scheduler.stdin is not None
-        scheduler.stdin.close()
-        try:
-            scheduler.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(scheduler.pid, 9)
-            scheduler.wait()
+        _stop_server(scheduler)
     print(json.dumps(outcomes, indent=1))
     _check_refused(outcomes, 6)
     assert "dask backend" in outcomes[4]["message"], outcomes[4]  # tcp://: a Dask address

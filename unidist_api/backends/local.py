@@ -171,7 +171,7 @@ class LocalBackend(Backend):
         options = task.options
         stuck = None if options.timeout is None else self._stuck_path()
         call = _Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
-                               options.timeout, stuck), self._hold(task), stuck)
+                               options.timeout, stuck), self._hold(task), stuck, options.timeout)
         self._send(future, call)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             _stop_at_exit(self)
@@ -208,7 +208,7 @@ class LocalBackend(Backend):
         if exc is not None and _is_broken(exc):
             if call.stuck is not None and _take_note(call.stuck):  # it ended its worker
                 self._set_broken(pool)
-                timed_out = stuck_error(task_name(call.fn), call.args[5])
+                timed_out = stuck_error(task_name(call.fn), call.timeout or 0.0)
                 timed_out.__cause__ = exc
                 exc = timed_out
             elif self._resend(future, call, pool):
@@ -392,15 +392,16 @@ def _is_broken(exc: BaseException) -> bool:
 class _Call:
     """A task's pickled call, kept so a task whose worker died is sent again as is."""
 
-    __slots__ = ("fn", "args", "held", "lost", "stuck")
+    __slots__ = ("fn", "args", "held", "lost", "stuck", "timeout")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str],
-                 stuck: str | None = None) -> None:
+                 stuck: str | None = None, timeout: float | None = None) -> None:
         self.fn = fn  # for the error's task name
         self.args = args  # run_pickled's arguments
         self.held = held  # put files the task reads, released when it finishes
         self.lost = 0  # how often its worker died
         self.stuck = stuck  # with a timeout: where the task leaves a note if it gets stuck
+        self.timeout = timeout  # the task's timeout option, for the error's message
 
 
 class _Stored:
