@@ -10,11 +10,11 @@ never unpickled.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import pickle
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .data import Packed, load_result
 from .errors import RemoteTraceback, SerializationError
 
 if TYPE_CHECKING:
@@ -64,14 +64,18 @@ class Future(cf.Future[T], Generic[T]):
         self._backend = backend
         #: For a failed batch task: the results of the items before the failing one.
         self.partial: list[Any] | None = None
+        #: A loaded result's packed form, kept (as an object store keeps the value) so
+        #: that tasks given this future see the value as the task returned it, whatever
+        #: the caller did to its own copy.
+        self._packed: bytes | Packed | None = None
 
     # -- completion, called by backends -------------------------------------------
     def set_serialized_result(self, data: Any, loads: Callable[[Any], Any]) -> None:
         """Complete with a result loaded on first ``result()``: ``loads(data)``.
 
-        ``data`` is a pickle (``loads=pickle.loads``) or an engine handle whose value
-        stays on the cluster until asked for; a loader raises :class:`RemoteFailure`
-        when the task failed.
+        ``data`` is a packed value (``loads=data.load_result``) or an engine handle whose
+        value stays on the cluster until asked for; a loader raises
+        :class:`RemoteFailure` when the task failed.
         """
         self.set_result(_Serialized(data, loads))  # type: ignore[arg-type]
 
@@ -96,6 +100,8 @@ class Future(cf.Future[T], Generic[T]):
             if type(value) is _Serialized:
                 try:
                     self._result = value.loads(value.data)
+                    if value.loads is load_result:
+                        self._packed = value.data
                 except RemoteFailure as failure:
                     exc = failure.exc
                     if failure.tb:
@@ -114,16 +120,16 @@ class Future(cf.Future[T], Generic[T]):
                     raise err from exc
             return self._result
 
-    def serialized_result(self) -> bytes | None:
-        """For backends: the result's pickle if not unpickled yet, else None.
+    def serialized_result(self) -> bytes | Packed | None:
+        """For backends: the result's packed form if not unpacked yet, else None.
 
         Raises the task's exception if it failed. Lets a value go on to another task
         without an unpickle and re-pickle in between.
         """
         value: Any = cf.Future.result(self, timeout=0)
-        if type(value) is _Serialized and value.loads is pickle.loads:
-            return value.data
-        return None
+        if type(value) is _Serialized and value.loads is load_result:
+            return value.data  # type: ignore[no-any-return]
+        return self._packed
 
     # -- concurrent.futures.Future API ------------------------------------------------
     def result(self, timeout: float | None = None) -> T:

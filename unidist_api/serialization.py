@@ -3,6 +3,8 @@
 Functions and classes the workers cannot import (``__main__``, test modules, a
 script's sibling module) are shipped by value by cloudpickle. Errors are raised in
 the caller at submit time, as :class:`~unidist_api.errors.SerializationError`.
+Values (arguments, ``put`` objects, results) are *packed* (:mod:`unidist_api.data`):
+their large buffers travel out of band; functions, options and errors are plain pickles.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .data import Packed, pack
 from .errors import SerializationError
 
-__all__ = ["dumps", "loads", "dumps_function", "dumps_arguments", "Pickled", "FunctionCache",
-           "dumps_value", "unloadable"]
+__all__ = ["dumps", "loads", "dumps_function", "pack_arguments", "FunctionCache",
+           "dumps_value", "pack_value", "unloadable"]
 
 loads = pickle.loads
 
@@ -34,9 +37,19 @@ def dumps_for_workers(obj: Any) -> bytes:
     Only the calling process decides what goes by value; workers pickle results by
     reference, so a class the caller can import comes back as that very class.
     """
+    _scan_modules()
+    return dumps(obj)
+
+
+def pack_for_workers(obj: Any) -> bytes | Packed:
+    """:func:`dumps_for_workers` for a value: large buffers out of band (``data.pack``)."""
+    _scan_modules()
+    return pack(obj)
+
+
+def _scan_modules() -> None:
     if len(sys.modules) != _modules_seen[0]:
         ship_local_modules_by_value()
-    return dumps(obj)
 
 
 _seen_modules: set[str] = set()
@@ -75,18 +88,6 @@ def ship_local_modules_by_value() -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-class Pickled:
-    """A value already in pickled form, embedded in another pickle without re-pickling."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
-        return (loads, (self.data,))
-
-
 def _describe(obj: Any) -> str:
     kind = type(obj)
     text = repr(obj)
@@ -115,9 +116,18 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 
 def dumps_value(obj: Any, what: str) -> bytes:
-    """Pickle one object, raising SerializationError that says ``what`` it was."""
+    """Pickle one object (in band), raising SerializationError that says ``what`` it was."""
     try:
         return dumps_for_workers(obj)
+    except Exception as exc:
+        message = f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}"
+        raise SerializationError(message) from exc
+
+
+def pack_value(obj: Any, what: str) -> bytes | Packed:
+    """Pack one value (large buffers out of band), raising SerializationError naming ``what``."""
+    try:
+        return pack_for_workers(obj)
     except Exception as exc:
         message = f"cannot serialize {what} ({_describe(obj)}): {exc}. {_FIX}"
         raise SerializationError(message) from exc
@@ -128,11 +138,11 @@ def task_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: Mapping[str, Any]) -> bytes:
-    """Pickle ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
+def pack_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> bytes | Packed:
+    """Pack ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
     try:
-        return dumps_for_workers((args, kwargs))
+        return pack_for_workers((args, kwargs))
     except Exception as exc:
         name = task_name(fn)
         culprit = _find_culprit(args, kwargs)

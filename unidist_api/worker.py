@@ -24,6 +24,7 @@ from typing import Any
 
 from . import timeouts
 from .arguments import replace_instances
+from .data import Packed, load_input, pack
 from .errors import SerializationError, TaskError, TaskTimeoutError
 from .serialization import dumps, loads, task_name, unloadable
 
@@ -31,8 +32,8 @@ CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
 STUCK_EXIT_CODE = 75  # a worker process ended by run_pickled's on_stuck
 
-Outcome = tuple[int, bytes, "str | None"]
-"""``(OK, pickled value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
+Outcome = tuple[int, "bytes | Packed", "str | None"]
+"""``(OK, packed value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
 
 class Batch(list):  # type: ignore[type-arg]
     """The results of a batch task, with ``elapsed``: seconds the worker spent on it.
@@ -117,10 +118,13 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
     return batch
 
 
-def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
+def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
                 retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
                 stuck_path: str | None = None) -> Outcome:
-    """Run one task given as pickles; the outcome is pickled too (never raises).
+    """Run one task given as pickles; the outcome is packed too (never raises).
+
+    Large buffers of the arguments arrive read-only (:func:`~unidist_api.data.load_input`);
+    the value's large buffers stay out of band in the outcome (:func:`~unidist_api.data.pack`).
 
     ``stuck_path`` (with a ``timeout``): an attempt the interrupt cannot stop (stuck in
     one C call) writes this file and ends the worker process, so the caller (the local
@@ -128,12 +132,12 @@ def run_pickled(fn_data: bytes, payload: bytes, mode: int, retries: int,
     """
     on_stuck = None if timeout is None or stuck_path is None else _exit_stuck(stuck_path)
     try:
-        value = execute(fn_data, lambda: loads(payload), mode, retries, retry_on, timeout,
+        value = execute(fn_data, lambda: load_input(payload), mode, retries, retry_on, timeout,
                         on_stuck)
     except _Failed as failed:
         return dump_error(failed.exc, failed.tb, failed.partial)
     try:
-        return (OK, dumps(value), None)
+        return (OK, pack(value), None)
     except Exception as exc:
         return dump_error(unpicklable_result(fn_data, value, exc), None)
 
@@ -151,25 +155,25 @@ def _exit_stuck(path: str) -> Callable[[], None]:
     return exit_stuck
 
 
-def run_native(fn_data: bytes, payload: bytes, mode: int, retries: int,
-               retry_on: tuple[type[BaseException], ...], *inputs: Any,
-               pickled: bool = False, timeout: float | None = None,
+def run_native(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
+               retry_on: tuple[type[BaseException], ...], *inputs: bytes | Packed,
+               timeout: float | None = None,
                on_stuck: Callable[[], None] | None = None) -> Any:
     """Run one task for an engine with an object store (Ray, Dask).
 
-    ``payload`` holds the arguments with :class:`Input` placeholders where the caller
-    passed futures; ``inputs`` are those futures' values, resolved by the engine
-    (worker to worker), or with ``pickled`` their pickles. Each attempt gets its own
-    copy of them. The value goes back to the engine as is; a failure is raised as the
-    task's own exception, carrying the traceback text and a batch's partial results for
-    the caller (:func:`failure_details`).
+    ``payload`` holds the packed arguments with :class:`Input` placeholders where the
+    caller passed futures; ``inputs`` are those futures' packed values, resolved by the
+    engine (worker to worker). Each attempt unpacks them again: small parts are its own
+    copy, large buffers read-only views (:func:`~unidist_api.data.load_input`). The
+    value goes back to the engine as is (the backend packs it); a failure is raised as
+    the task's own exception, carrying the traceback text and a batch's partial results
+    for the caller (:func:`failure_details`).
     """
-    blob = dumps(inputs) if inputs and not pickled else b""
 
     def load_args() -> tuple[Any, Any]:
-        args, kwargs = loads(payload)
+        args, kwargs = load_input(payload)
         if inputs:
-            values = [loads(data) for data in inputs] if pickled else loads(blob)
+            values = [load_input(data) for data in inputs]
             args, kwargs = _fill(args, values), _fill(kwargs, values)
         return args, kwargs
 

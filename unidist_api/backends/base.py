@@ -29,13 +29,14 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future
-from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads, task_name
+from ..data import Packed, load_result
+from ..serialization import FunctionCache, dumps_value, loads, pack_arguments, pack_value, task_name
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
            "fail_from_engine", "positive_option", "check_listening",
-           "LOST_WORKER_RETRIES", "task_name", "worker_lost"]
+           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value"]
 
 #: How often a task whose worker process died is run again before it fails with
 #: WorkerLostError, on every backend: Ray's and Dask's own default. Independent of the
@@ -218,7 +219,7 @@ def complete(future: Future[Any], outcome: Outcome) -> None:
     status, data, tb = outcome
     try:
         if status == OK:
-            future.set_serialized_result(data, loads)
+            future.set_serialized_result(data, load_result)
         else:
             exc, future.partial = loads(data)
             future.set_remote_exception(exc, tb)
@@ -239,7 +240,7 @@ def resolve_arguments(task: Task, swap: Callable[[Future[Any]], Any]
 
 
 def prepare_native(task: Task, functions: FunctionCache
-                   ) -> tuple[bytes, bytes, list[Future[Any]]]:
+                   ) -> tuple[bytes, bytes | Packed, list[Future[Any]]]:
     """For engines with an object store: ``(fn_data, payload, inputs)`` of a task.
 
     The arguments are pickled here (so errors name the culprit at submit time) with an
@@ -251,7 +252,7 @@ def prepare_native(task: Task, functions: FunctionCache
     """
     fn_data = functions.get(task.fn)
     if not task.deps:
-        return fn_data, dumps_arguments(task.fn, task.args, task.kwargs), []
+        return fn_data, pack_arguments(task.fn, task.args, task.kwargs), []
     index: dict[int, int] = {}
     inputs: list[Future[Any]] = []
     for dep in task.deps:
@@ -263,7 +264,19 @@ def prepare_native(task: Task, functions: FunctionCache
         return Input(index[id(future)])
 
     args, kwargs = resolve_arguments(task, placeholder)
-    return fn_data, dumps_arguments(task.fn, args, kwargs), inputs
+    return fn_data, pack_arguments(task.fn, args, kwargs), inputs
+
+
+def packed_value(dep: Future[Any]) -> bytes | Packed:
+    """An input future of another backend (or process), as packed data for a worker.
+
+    Waits for it; raises its exception if it failed.
+    """
+    cf.wait([dep])
+    data = dep.serialized_result()
+    if data is None:
+        data = pack_value(dep.result(), "the value of an input future")
+    return data
 
 
 def fail_from_engine(future: Future[Any], exc: BaseException) -> None:

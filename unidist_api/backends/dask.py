@@ -119,7 +119,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import dask.config
-from dask.sizeof import sizeof
 from dask.typing import Key
 from dask.utils import format_bytes, funcname
 from distributed import Client, KilledWorker, Worker, WorkerPlugin, get_worker
@@ -133,7 +132,8 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future, RemoteFailure
-from ..serialization import FunctionCache, Pickled, dumps, dumps_value, unloadable
+from ..data import Embedded, Packed, load_result, pack
+from ..serialization import FunctionCache, dumps_value, pack_value, unloadable
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import (
     load_function,
@@ -147,6 +147,7 @@ from .base import (
     Task,
     check_listening,
     fail_from_engine,
+    packed_value,
     positive_option,
     prepare_native,
     worker_lost,
@@ -156,7 +157,6 @@ from .dask_cluster import EmbeddedCluster, embedded_resources
 DEFAULT_CONNECT_TIMEOUT = 30.0
 OFFERS_MAX_AGE = 5.0  # seconds a running cluster's worker resources are cached
 
-sizeof.register(Pickled)(lambda value: len(value.data))  # Dask's memory accounting
 
 
 class DaskBackend(Backend):
@@ -248,11 +248,11 @@ class DaskBackend(Backend):
         return future
 
     def put(self, obj: Any) -> Future[Any]:
-        data = dumps_value(obj, "the object passed to put")
+        data = pack_value(obj, "the object passed to put")
         key = f"put-{uuid.uuid4().hex}"
         client = self._get_client()
         try:
-            handle = client.scatter({key: Pickled(data)}, hash=False)[key]
+            handle = client.scatter({key: data}, hash=False)[key]
         except Exception as exc:
             error = _scatter_error(exc)
             if error is exc:
@@ -555,7 +555,7 @@ class DaskBackend(Backend):
     # -- tasks ------------------------------------------------------------------------------
     def _input(self, dep: Future[Any]) -> Any:
         """What a task receives for an input future: our Dask future, or another's value."""
-        return dep.handle if dep._backend is self else dep.result()
+        return dep.handle if dep._backend is self else packed_value(dep)
 
     def _on_done(self, future: Future[Any], handle: DaskFuture[Any]) -> None:
         """Complete ``future`` from its finished Dask future, leaving the value there.
@@ -815,8 +815,8 @@ def _close_half_made_client(exc: BaseException) -> None:
 # -- the task on the worker ------------------------------------------------------------------
 def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
          retry_on: tuple[type[BaseException], ...], timeout: float | None,
-         *inputs: Any) -> Pickled:
-    """Run one task on a Dask worker; its value is pickled here, so Dask keeps and moves bytes."""
+         *inputs: Any) -> bytes | Packed:
+    """Run one task on a Dask worker; its value is packed here (large buffers out of band)."""
     on_stuck = None if timeout is None else _stuck_reporter(fn_data, timeout)
     try:
         value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, timeout=timeout,
@@ -827,7 +827,7 @@ def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
         exc.__context__ = None
         raise
     try:
-        return Pickled(dumps(value))
+        return pack(value)
     except Exception as exc:
         raise unpicklable_result(fn_data, value, exc) from None
 
@@ -882,7 +882,7 @@ def _retry_on(options: TaskOptions) -> Any:
     retry_on = options.retry_on
     if all(kind.__module__ == "builtins" for kind in retry_on):
         return retry_on
-    return Pickled(dumps_value(retry_on, "the retry_on option"))
+    return Embedded(dumps_value(retry_on, "the retry_on option"))
 
 
 # -- results and failures --------------------------------------------------------------------
@@ -906,7 +906,8 @@ def _gather(client: Client, handles: list[DaskFuture[Any]]) -> list[Any] | None:
     except (Exception, asyncio.CancelledError):
         return None
     failed = ("error", "cancelled")
-    return [_FAILED if handle.status in failed or index not in found else found[index]
+    return [_FAILED if handle.status in failed or index not in found
+            else load_result(found[index], private=True)
             for index, handle in enumerate(handles)]
 
 
@@ -932,12 +933,13 @@ class _Result:
         if self._value is not _UNREAD:
             return self._value
         try:
-            return self.handle.result()
+            data = self.handle.result()
         except Exception as exc:
             error = _engine_error(exc, self.handle, reading=True)
             if error is None:
                 raise  # e.g. a value this process cannot unpickle
             raise RemoteFailure(error) from None
+        return load_result(data, private=True)  # received from a socket: ours alone
 
     def keep(self, value: Any) -> None:
         self._value = value

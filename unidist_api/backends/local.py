@@ -29,7 +29,8 @@ from typing import Any
 
 from ..errors import ExecutorShutdownError
 from ..futures import Future
-from ..serialization import FunctionCache, Pickled, dumps_arguments, dumps_value, loads
+from ..data import Embedded
+from ..serialization import FunctionCache, dumps_value, loads, pack_arguments
 from ..worker import Outcome, load_stored, run_pickled, start_local_worker, stuck_error
 from .base import (
     LOST_WORKER_RETRIES,
@@ -96,7 +97,7 @@ class LocalBackend(Backend):
         if pending:
             # Check now what can be checked, so errors still surface at submit time.
             self._functions.get(task.fn)
-            dumps_arguments(task.fn, *resolve_arguments(task, _placeholder))
+            pack_arguments(task.fn, *resolve_arguments(task, _placeholder))
             self._unfinished.add(future)
             self._defer(future, task, pending)
         else:
@@ -167,7 +168,7 @@ class LocalBackend(Backend):
             future.set_exception(exc)
             return
         fn_data = self._functions.get(task.fn)
-        payload = dumps_arguments(task.fn, args, kwargs)
+        payload = pack_arguments(task.fn, args, kwargs)
         options = task.options
         stuck = None if options.timeout is None else self._stuck_path()
         call = _Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
@@ -280,7 +281,7 @@ class LocalBackend(Backend):
             return dep.handle  # a put handle: the worker reads the shared file
         data = dep.serialized_result()  # raises the dependency's exception if it failed
         if data is not None:
-            return Pickled(data)  # still pickled: embed it without a round trip
+            return Embedded(data)  # still packed: embed it without a round trip
         return dep.result()
 
     def _defer(self, future: Future[Any], task: Task, pending: list[Future[Any]]) -> None:

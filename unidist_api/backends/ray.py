@@ -143,7 +143,8 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future, RemoteFailure, _Serialized
-from ..serialization import FunctionCache, Pickled, dumps, dumps_value, loads
+from ..data import Embedded, load_result, pack
+from ..serialization import FunctionCache, dumps, dumps_value, loads, pack_value
 from ..task import TaskOptions
 from ..worker import (
     failure_details,
@@ -159,6 +160,7 @@ from .base import (
     Backend,
     Task,
     check_listening,
+    packed_value,
     positive_option,
     prepare_native,
     task_name,
@@ -197,7 +199,7 @@ class RayBackend(Backend):
         self._lock = threading.Lock()
         self._runtime: _Runtime | None = None
         self._functions = FunctionCache()
-        self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Pickled]] = {}
+        self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Embedded]] = {}
         self._specs: dict[tuple[int, int, int, bool], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
 
@@ -283,7 +285,7 @@ class RayBackend(Backend):
         return future
 
     def put(self, obj: Any) -> Future[Any]:
-        data = dumps_value(obj, "the object passed to put")
+        data = pack_value(obj, "the object passed to put")
         runtime = self._get_runtime()
         future: Future[Any] = Future(self, handle=ray.put(data))
         future.set_serialized_result(future.handle, _load)
@@ -338,7 +340,7 @@ class RayBackend(Backend):
                 return
             for future, data in zip(loading, values, strict=True):
                 try:
-                    value = loads(data)
+                    value = load_result(data)
                 except Exception:  # unpicklable here: result() raises the SerializationError
                     continue
                 runtime.loaded(future, value)
@@ -370,11 +372,7 @@ class RayBackend(Backend):
         if (isinstance(dep._backend, RayBackend) and dep._backend._runtime is runtime
                 and dep.handle is not None):
             return dep.handle  # an ObjectRef: Ray resolves it on the worker
-        cf.wait([dep])
-        data = dep.serialized_result()  # raises the input's exception if it failed
-        if data is None:
-            data = dumps_value(dep.result(), "the value of an input future")
-        return data
+        return packed_value(dep)  # raises the input's exception if it failed
 
     def _spec(self, runtime: _Runtime, fn_data: bytes, options: TaskOptions, mode: int,
               status: bool) -> _Spec:
@@ -403,7 +401,7 @@ class RayBackend(Backend):
         return spec
 
     def _call(self, runtime: _Runtime, options: TaskOptions, status: bool
-              ) -> tuple[Any, Pickled]:
+              ) -> tuple[Any, Embedded]:
         """The remote function with Ray options for ``options``, and the pickled retry_on."""
         call = self._calls.get((options, status))
         if call is None:
@@ -421,7 +419,7 @@ class RayBackend(Backend):
                 ray_options["resources"] = dict(options.resources)
             if self._runtime_env:
                 ray_options["runtime_env"] = self._runtime_env
-            retry_on = Pickled(dumps_value(options.retry_on, "the retry_on exception classes"))
+            retry_on = Embedded(dumps_value(options.retry_on, "the retry_on exception classes"))
             call = self._calls[(options, status)] = (runtime.remote.options(**ray_options),
                                                      retry_on)
         return call
@@ -949,7 +947,7 @@ def _load(ref: Any) -> Any:
         data = ray.get(ref)
     except rex.RayError as err:
         raise _task_error(err, ref) from None
-    return loads(data)
+    return load_result(data)
 
 
 def _task_error(err: BaseException, ref: Any) -> RemoteFailure:
@@ -1026,12 +1024,12 @@ def _run_task(*args: Any) -> bytes | tuple[bytes, bytes]:
             on_stuck = functools.partial(signals.mark_stuck_and_exit, key)
         if init is not None:
             _initialize(*init)
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, pickled=True,
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs,
                            timeout=timeout, on_stuck=on_stuck)
     except (Exception, SystemExit) as exc:
         raise _TaskFailed.carrying(exc) from None
     try:
-        data = dumps(value)
+        data = pack(value)
     except Exception as exc:
         raise _TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
     return (b"", data) if status else data

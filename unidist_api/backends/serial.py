@@ -4,6 +4,9 @@ It is the reference the other backends are tested against, and the one to debug
 with (``breakpoint()`` inside a task works). Arguments and results still make a
 pickle round trip, exactly as on a worker process, so a task that mutates its
 arguments, or returns an unpicklable object, behaves here as it will on a cluster.
+Large buffers (:mod:`unidist_api.data`) skip it: a task reads the caller's arrays
+through read-only views, without a copy, as a worker reads an object store; ``put``
+takes one snapshot copy, and a result is copied once into the caller's own memory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 
 from ..errors import UnsupportedOptionError
 from ..futures import Future
-from ..serialization import FunctionCache, dumps_arguments, dumps_value, loads
+from ..data import Embedded, Packed, load_result
+from ..serialization import FunctionCache, pack_arguments, pack_value
 from ..task import TaskOptions
 from ..worker import run_initializer, run_pickled
 from .base import Backend, Task, complete, resolve_arguments
@@ -62,7 +66,7 @@ class SerialBackend(Backend):
                 future.set_exception(exc)
                 return future
             fn_data = self._functions.get(task.fn)
-            payload = dumps_arguments(task.fn, args, kwargs)
+            payload = pack_arguments(task.fn, args, kwargs)
             options = task.options
             outcome = run_pickled(fn_data, payload, task.mode, options.retries, options.retry_on,
                                   options.timeout)
@@ -71,7 +75,10 @@ class SerialBackend(Backend):
 
     def put(self, obj: Any) -> Future[Any]:
         future: Future[Any] = Future(self)
-        future.set_serialized_result(dumps_value(obj, "the object passed to put"), loads)
+        data = pack_value(obj, "the object passed to put")
+        if isinstance(data, Packed):  # a snapshot: the caller may change obj afterwards
+            data = data.detached()
+        future.set_serialized_result(data, load_result)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -79,4 +86,8 @@ class SerialBackend(Backend):
 
 
 def _value(future: Future[Any]) -> Any:
-    return future.result()
+    """An input future's value as the task receives it: still packed when it can be."""
+    if not future.done():  # a future of another executor
+        return future.result()
+    data = future.serialized_result()  # raises the input's exception if it failed
+    return future.result() if data is None else Embedded(data)
