@@ -116,9 +116,8 @@ def test_small_argument_is_the_tasks_own_copy(ua_backend, ua_serial):
 
 def test_the_threshold_is_one_mebibyte(ua_backend, ua_serial):
     below, at = np.ones(BIG - 1), np.ones(BIG)
-    seen = [ua_backend.submit(inspect, below).result()[0], ua_backend.submit(inspect, at).result()[0]]
-    assert seen == [ua_serial.submit(inspect, below).result()[0],
-                    ua_serial.submit(inspect, at).result()[0]]
+    seen = [ua_backend.submit(inspect, arr).result()[0] for arr in (below, at)]
+    assert seen == [ua_serial.submit(inspect, arr).result()[0] for arr in (below, at)]
     assert seen == [True, False]
 
 

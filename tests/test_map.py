@@ -203,13 +203,13 @@ def test_map_chunksize_unordered(ua_backend, chunksize):
 def counting_submits(monkeypatch, executor):
     """Record the batch size of every task ``executor`` is given."""
     sizes = []
-    submit = executor._submit_task
+    submit = executor._runner.submit
 
     def counted(task):
         sizes.append(len(task.args[0]))
         return submit(task)
 
-    monkeypatch.setattr(executor, "_submit_task", counted)
+    monkeypatch.setattr(executor._runner, "submit", counted)
     return sizes
 
 

@@ -265,13 +265,13 @@ def test_pipeline_endless_input_default_buffersize(ua_backend):
 def counting_submits(monkeypatch, executor):
     """Count the tasks ``executor`` is given (map, pipeline and reduce submit through it)."""
     calls = []
-    submit = executor._submit_task
+    submit = executor._runner.submit
 
     def counted(task):
         calls.append(len(task.args[0]) if task.args and isinstance(task.args[0], list) else 1)
         return submit(task)
 
-    monkeypatch.setattr(executor, "_submit_task", counted)
+    monkeypatch.setattr(executor._runner, "submit", counted)
     return calls
 
 

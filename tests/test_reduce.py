@@ -218,13 +218,13 @@ def test_reduce_partial_results_never_loaded_in_driver(ua_backend, monkeypatch):
 
 def test_reduce_consumes_a_long_generator_with_bounded_tasks(ua_backend, monkeypatch):
     submitted = []
-    submit = ua_backend._submit_task
+    submit = ua_backend._runner.submit
 
     def counted(task):
         submitted.append(task)
         return submit(task)
 
-    monkeypatch.setattr(ua_backend, "_submit_task", counted)
+    monkeypatch.setattr(ua_backend._runner, "submit", counted)
     n = 100_000
     assert ua.reduce(operator.add, (i for i in range(n))) == sum(range(n))
     leaves = [t for t in submitted if t.args and isinstance(t.args[0], list)]

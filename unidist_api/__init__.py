@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import errors
-from .config import configure, current_executor, shutdown, use
+from .config import configure
+from .current import current_executor, current_runner, shutdown, use
 from .executor import Executor, as_completed, gather, wait
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from .pipeline import Pipeline, Stage, stage
@@ -74,7 +75,7 @@ def pipeline(*stages: Callable[..., Any] | Stage) -> Pipeline:
 
     The pipeline runs on whichever executor is current when it is called.
     """
-    return Pipeline(stages)
+    return Pipeline(stages, current_runner)
 
 
 def reduce(fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSING) -> T:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .futures import Future
+from .nested import replace_instances
 
 __all__ = ["find_futures", "replace_futures", "replace_instances"]
 
@@ -51,18 +52,3 @@ def _collect(obj: Any, found: list[Future[Any]]) -> None:
 def replace_futures(obj: Any, swap: Callable[[Future[Any]], Any]) -> Any:
     """A copy of ``obj`` with each future replaced by ``swap(future)``; other objects kept."""
     return replace_instances(obj, Future, swap)
-
-
-def replace_instances(obj: Any, kind: type, swap: Callable[[Any], Any]) -> Any:
-    """A copy of ``obj`` with each instance of ``kind`` inside lists, tuples and dicts
-    (at any depth) replaced by ``swap(instance)``."""
-    if isinstance(obj, kind):
-        return swap(obj)
-    container = type(obj)
-    if container is dict:
-        return {key: replace_instances(value, kind, swap) for key, value in obj.items()}
-    if container is list:
-        return [replace_instances(value, kind, swap) for value in obj]
-    if container is tuple:
-        return tuple(replace_instances(value, kind, swap) for value in obj)
-    return obj

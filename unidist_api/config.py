@@ -1,4 +1,4 @@
-"""Which backend runs the work: configuration layers and the current executor.
+"""Which backend runs the work: the configuration layers, merged into Settings.
 
 Precedence, highest first (the contract's order):
 
@@ -15,25 +15,23 @@ backend options then come from the highest layer that sets them among the layers
 naming that backend or no backend, so ``UNIDIST_API_WORKERS=4`` applies to whichever
 backend is chosen, but a config file's ``dask`` address never leaks into ``ray``.
 The environment and config file are read when the default executor is created, and
-again after ``configure()`` or ``shutdown()``.
+again after ``configure()`` or ``shutdown()``. Which executor is current lives in
+:mod:`unidist_api.current`; nothing here knows executors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidOptionError
 
-if TYPE_CHECKING:
-    from .executor import Executor
-
-__all__ = ["Settings", "resolve", "configure", "use", "current_executor", "shutdown"]
+__all__ = ["Layer", "Settings", "resolve", "configure", "check_workers", "default_settings",
+           "forget_default", "use_layer"]
 
 DEFAULT_BACKEND = "local"
 ENV_BACKEND = "UNIDIST_API_BACKEND"
@@ -78,7 +76,7 @@ def check_workers(value: Any, source: str) -> int | None:
 
 def resolve(top: Layer | None = None) -> Settings:
     """Merge the configuration layers under ``top`` (an explicit Executor's arguments)."""
-    layers = [layer for layer in (top, _use_layer(), _configured, *_ambient_layers())
+    layers = [layer for layer in (top, use_layer.get(), _configured, *_ambient_layers())
               if layer is not None]
     backend, backend_source = DEFAULT_BACKEND, "default"
     for layer in layers:
@@ -100,47 +98,16 @@ def resolve(top: Layer | None = None) -> Settings:
 
 
 # -- layer 2: ua.use ---------------------------------------------------------------------
-_current: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
-    "unidist_api_current", default=None
+#: The layer of the innermost ``ua.use`` block (set by :func:`unidist_api.current.use`).
+use_layer: contextvars.ContextVar[Layer | None] = contextvars.ContextVar(
+    "unidist_api_use_layer", default=None
 )
-
-
-def _use_layer() -> Layer | None:
-    executor = _current.get()
-    if executor is None:
-        return None
-    settings = executor.settings
-    return Layer("use()", settings.backend, settings.address, settings.workers, settings.options)
-
-
-@contextlib.contextmanager
-def use(backend: str | Executor | None, address: str | None = None, workers: int | None = None,
-        **backend_options: Any) -> Iterator[Executor]:
-    """Make a backend the current one for this block (this thread or asyncio task only).
-
-    ``backend`` may also be an existing :class:`Executor`. Executors made here are kept
-    for later blocks with the same settings and stopped by ``ua.shutdown()`` or at exit.
-    """
-    from .executor import Executor
-
-    if isinstance(backend, Executor):
-        executor = backend
-    else:
-        check_workers(workers, "workers")
-        settings = resolve(Layer("use()", backend, address, workers, backend_options))
-        executor = _managed(settings)
-    token = _current.set(executor)
-    try:
-        yield executor
-    finally:
-        _current.reset(token)
 
 
 # -- layer 3: ua.configure -------------------------------------------------------------------
 _configured: Layer | None = None
 _lock = threading.RLock()
 _default: Settings | None = None  # resolved default, cached until configure()/shutdown()
-_executors: dict[tuple[Any, ...], Executor] = {}  # executors module functions created
 
 
 def configure(backend: str | None, address: str | None = None, workers: int | None = None,
@@ -226,44 +193,18 @@ def _file_layer() -> Layer | None:
     )
 
 
-# -- the current executor ------------------------------------------------------------------
-def current_executor() -> Executor:
-    """The executor module functions (``ua.submit``, ``ua.map``, ...) act on right now."""
-    executor = _current.get()
-    if executor is not None:
-        return executor
+# -- the default -------------------------------------------------------------------------------
+def default_settings() -> Settings:
+    """The settings module functions use outside ``use()`` blocks, resolved once."""
     global _default
     with _lock:
         if _default is None:
             _default = resolve()
-        return _managed(_default)
+        return _default
 
 
-def _managed(settings: Settings) -> Executor:
-    """The module's own executor for ``settings``, created on first need."""
-    from .executor import Executor
-
-    with _lock:
-        executor = _executors.get(settings.key)
-        if executor is None or executor.is_shutdown:
-            executor = Executor._from_settings(settings)
-            _executors[settings.key] = executor
-        return executor
-
-
-def shutdown(wait: bool = True) -> None:
-    """Stop every executor the module functions and ``use()`` blocks started.
-
-    An executor given to ``use()`` by the caller is stopped too while it is current.
-    The next module call starts afresh, re-reading the environment and config file.
-    """
+def forget_default() -> None:
+    """Resolve the default again on next need (after ``ua.shutdown()``)."""
     global _default
     with _lock:
-        executors = list(_executors.values())
-        _executors.clear()
         _default = None
-    current = _current.get()
-    if current is not None and current not in executors:
-        executors.append(current)
-    for executor in executors:
-        executor.shutdown(wait=wait)

@@ -3,7 +3,8 @@
 It validates the call, finds futures among the arguments, and hands one
 :class:`~unidist_api.backends.base.Task` to the backend. ``map``, ``pipeline`` and
 ``reduce`` are written once (``mapping.py``, ``pipeline.py``, ``reduce.py``) on top
-of ``submit``; nothing here depends on which engine runs the work.
+of the executor's :class:`~unidist_api.runner.Runner`; nothing here depends on which
+engine runs the work.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .arguments import find_futures
 from .backends.base import Backend, Task
 from .config import Layer, Settings, check_workers, resolve
-from .errors import ExecutorShutdownError, InvalidOptionError
+from .errors import InvalidOptionError
 from .futures import ALL_COMPLETED, Future
-from .reduce import MISSING
+from .mapping import map_iterator
+from .pipeline import Pipeline, Stage
+from .reduce import MISSING, tree_reduce
 from .registry import load_backend
+from .runner import Runner
 from .task import DEFAULT_OPTIONS, unwrap
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline, Stage
 
 __all__ = ["Executor"]
 
@@ -85,8 +86,8 @@ class Executor(cf.Executor):
             address=settings.address, workers=settings.workers, initializer=initializer,
             initargs=initargs, options=settings.options,
         )
+        self._runner = Runner(self._backend)
         self._shutdown_lock = threading.Lock()
-        self._is_shutdown = False
         _track(self)
 
     # -- what it is ----------------------------------------------------------------------
@@ -106,33 +107,21 @@ class Executor(cf.Executor):
 
     @property
     def is_shutdown(self) -> bool:
-        return self._is_shutdown
+        return self._runner.closed
 
     def __repr__(self) -> str:
-        state = " shutdown" if self._is_shutdown else ""
+        state = " shutdown" if self.is_shutdown else ""
         return f"<ua.Executor backend={self.backend!r} workers={self.workers}{state}>"
-
-    def _check_open(self) -> None:
-        if self._is_shutdown:
-            raise ExecutorShutdownError(
-                f"this {self.backend!r} executor has been shut down; create a new "
-                "ua.Executor (or use the module functions, which start a new one)"
-            )
 
     # -- operations ------------------------------------------------------------------------
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` as one task; futures among the arguments are resolved."""
-        self._check_open()
+        self._runner.check_open()
         fn, options = unwrap(fn)
         if options is not DEFAULT_OPTIONS:
             self._backend.check_options(options)
         deps = find_futures(args, kwargs)
         return self._backend.submit(Task(fn, args, kwargs, options, deps=deps))
-
-    def _submit_task(self, task: Task) -> Future[Any]:
-        """Submit a prepared task (used by map, pipeline and reduce)."""
-        self._check_open()
-        return self._backend.submit(task)
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
@@ -143,30 +132,25 @@ class Executor(cf.Executor):
         size picked from the worker count). ``timeout`` counts from this call.
         ``ordered=False`` yields in completion order; ``chunksize=None`` batches tiny items.
         """
-        from .mapping import map_iterator
-
-        self._check_open()
-        return map_iterator(self, fn, iterables, timeout=timeout, chunksize=chunksize,
+        self._runner.check_open()
+        return map_iterator(self._runner, fn, iterables, timeout=timeout, chunksize=chunksize,
                             buffersize=buffersize, ordered=ordered, progress=progress)
 
     def pipeline(self, *stages: Callable[..., Any] | Stage) -> Pipeline:
         """A reusable chain of stages bound to this executor; call it on an iterable."""
-        from .pipeline import Pipeline
-
-        self._check_open()
-        return Pipeline(stages, executor=self)
+        self._runner.check_open()
+        runner = self._runner
+        return Pipeline(stages, lambda: runner)
 
     def reduce(self, fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSING) -> T:
         """Parallel tree reduction with a fixed shape (docs/reduce.md)."""
-        from .reduce import tree_reduce
-
-        self._check_open()
-        result: T = tree_reduce(self, fn, iterable, initial)
+        self._runner.check_open()
+        result: T = tree_reduce(self._runner, fn, iterable, initial)
         return result
 
     def put(self, obj: T) -> Future[T]:
         """Store ``obj`` once; pass the returned handle to many tasks."""
-        self._check_open()
+        self._runner.check_open()
         return self._backend.put(obj)
 
     def gather(self, futures: Iterable[Future[T]]) -> list[T]:
@@ -184,9 +168,9 @@ class Executor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop what this executor started; a cluster it connected to keeps running."""
         with self._shutdown_lock:
-            if self._is_shutdown:
+            if self._runner.closed:
                 return
-            self._is_shutdown = True
+            self._runner.closed = True
         self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 

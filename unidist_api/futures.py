@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .data import Packed, load_result
 from .errors import RemoteTraceback, SerializationError
-
-if TYPE_CHECKING:
-    from .backends.base import Backend
 
 __all__ = ["Future", "RemoteFailure", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
@@ -27,6 +24,16 @@ T = TypeVar("T")
 ALL_COMPLETED = cf.ALL_COMPLETED
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+
+
+class Owner(Protocol):
+    """What a future needs of the backend that completes it (``backends.base.Backend``)."""
+
+    fetches: ClassVar[bool]
+
+    def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None: ...
+    def cancel(self, future: Future[Any]) -> bool: ...
+    def running(self, future: Future[Any]) -> bool: ...
 
 
 class RemoteFailure(Exception):
@@ -58,7 +65,7 @@ class Future(cf.Future[T], Generic[T]):
     future, or ``None`` on serial) for power users; nothing in the contract needs it.
     """
 
-    def __init__(self, backend: Backend | None = None, handle: Any = None) -> None:
+    def __init__(self, backend: Owner | None = None, handle: Any = None) -> None:
         super().__init__()
         self.handle: Any = handle
         self._backend = backend
@@ -128,7 +135,7 @@ class Future(cf.Future[T], Generic[T]):
         """
         value: Any = cf.Future.result(self, timeout=0)
         if type(value) is _Serialized and value.loads is load_result:
-            return value.data  # type: ignore[no-any-return]
+            return value.data
         return self._packed
 
     # -- concurrent.futures.Future API ------------------------------------------------

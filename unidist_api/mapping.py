@@ -15,18 +15,16 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .task import DEFAULT_OPTIONS, TaskOptions, unwrap
+from .runner import Runner
+from .task import TaskOptions, unwrap
 from .worker import EACH, EACH_STAR, Batch
 
-if TYPE_CHECKING:
-    from .executor import Executor
-
-__all__ = ["map_iterator", "Batcher", "check_positive", "progress_bar", "load_ready"]
+__all__ = ["map_iterator", "Batcher", "check_positive", "progress_bar"]
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -93,7 +91,7 @@ class Batcher:
         return max(1, min(size, room))
 
 
-def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
+def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
                  *, timeout: float | None, chunksize: int | None, buffersize: int | None,
                  ordered: bool, progress: bool) -> Iterator[Any]:
     """Validate now (errors at the call, not at the first ``next``), then stream."""
@@ -104,17 +102,16 @@ def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[It
     check_positive("buffersize", buffersize)
     if timeout is not None and not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if options is not DEFAULT_OPTIONS:
-        executor._backend.check_options(options)
+    runner.check_options(options)
     sources = [iter(iterable) for iterable in iterables]
     source = sources[0] if len(sources) == 1 else zip(*sources)  # noqa: B905 (stop at shortest)
     mode = EACH if len(sources) == 1 else EACH_STAR
-    workers = executor.workers
+    workers = runner.workers
     batcher = Batcher(chunksize, None if buffersize is None else buffersize // (2 * workers))
     window = buffersize if buffersize is not None else None
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = progress_bar(iterables) if progress else None
-    stream = _Stream(executor, fn, options, mode, source, batcher, window, workers)
+    stream = _Stream(runner, fn, options, mode, source, batcher, window, workers)
     stream.deadline = deadline
     results = stream.ordered(deadline) if ordered else stream.unordered(deadline)
     return results if bar is None else _with_bar(results, bar)
@@ -123,10 +120,10 @@ def map_iterator(executor: Executor, fn: Callable[..., Any], iterables: tuple[It
 class _Stream:
     """The submit side of a map: cuts input into batches within the in-flight window."""
 
-    def __init__(self, executor: Executor, fn: Callable[..., Any], options: TaskOptions,
+    def __init__(self, runner: Runner, fn: Callable[..., Any], options: TaskOptions,
                  mode: int, source: Iterator[Any], batcher: Batcher, window: int | None,
                  workers: int) -> None:
-        self.executor = executor
+        self.runner = runner
         self.fn = fn
         self.options = options
         self.mode = mode
@@ -155,7 +152,7 @@ class _Stream:
                 return
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
-            future = self.executor._submit_task(task)
+            future = self.runner.submit(task)
             if future._state == cf._base.FINISHED:  # run in submit (serial); no engine call
                 self.failed = future.known_exception() is not None  # fail fast: stop here
                 if self.deadline is not None and time.monotonic() > self.deadline:
@@ -178,7 +175,7 @@ class _Stream:
                     return
                 future, _ = self.pending.popleft()
                 self._wait(future, deadline)
-                load_ready(self.executor, [future, *(f for f, _ in self.pending)])
+                self.runner.load_ready([future, *(f for f, _ in self.pending)])
                 yield from self._values(future)
         finally:
             self.cancel()
@@ -196,7 +193,7 @@ class _Stream:
                     raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
                 self._wait(future, deadline)
-                load_ready(self.executor, [future, *(f for f, _ in self.pending)])
+                self.runner.load_ready([future, *(f for f, _ in self.pending)])
                 yield from self._values(future)
         finally:
             self.cancel()
@@ -225,19 +222,6 @@ class _Stream:
 
 
 _LATE = "map: the next result was not ready within timeout"
-
-
-def load_ready(executor: Executor, futures: Iterable[Future[Any]]) -> None:
-    """Load the values of the finished ``futures`` in one engine call (``Backend.fetch``).
-
-    On Ray and Dask a value is fetched on its first ``result()``, one round trip each;
-    when several tasks have finished, one bulk fetch serves them all.
-    """
-    backend = executor._backend
-    if backend.fetches:
-        done = [future for future in futures if future.done()]
-        if len(done) > 1:
-            backend.fetch(done, None)
 
 
 def _remaining(deadline: float | None) -> float | None:

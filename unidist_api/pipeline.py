@@ -16,17 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .mapping import Batcher, check_positive, load_ready, progress_bar
+from .mapping import Batcher, check_positive, progress_bar
+from .runner import Runner
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
 from .worker import EACH
-
-if TYPE_CHECKING:
-    from .executor import Executor
 
 __all__ = ["Stage", "stage", "Pipeline"]
 
@@ -57,16 +55,17 @@ def _as_stage(obj: Callable[..., Any] | Stage) -> Stage:
 class Pipeline:
     """Stages to run over an iterable: ``Pipeline(iterable)`` yields final outputs in order.
 
-    Bound to an executor, or (from ``ua.pipeline``) to whichever executor is current
-    when it is called. Reusable: call it on as many iterables as you like.
+    ``runner`` gives, each time the pipeline is called, the runner to use: its
+    executor's (``Executor.pipeline``), or that of whichever executor is current then
+    (``ua.pipeline``). Reusable: call it on as many iterables as you like.
     """
 
     def __init__(self, stages: Sequence[Callable[..., Any] | Stage],
-                 executor: Executor | None = None) -> None:
+                 runner: Callable[[], Runner]) -> None:
         if not stages:
             raise TypeError("pipeline() needs at least one stage")
         self.stages = tuple(_as_stage(s) for s in stages)
-        self.executor = executor
+        self.runner = runner
 
     def __repr__(self) -> str:
         names = " -> ".join(getattr(s.fn, "__name__", repr(s.fn)) for s in self.stages)
@@ -83,19 +82,16 @@ class Pipeline:
         task slot of every stage). ``timeout`` counts from this call, as in ``map``;
         ``progress=True`` shows one bar per stage.
         """
-        from .config import current_executor
-
         check_positive("chunksize", chunksize)
         check_positive("buffersize", buffersize)
         if timeout is not None and not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-        executor = self.executor or current_executor()
-        executor._check_open()
+        runner = self.runner()
+        runner.check_open()
         for s in self.stages:
-            if s.options is not DEFAULT_OPTIONS:
-                executor._backend.check_options(s.options)
+            runner.check_options(s.options)
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = _Run(executor, self.stages, iter(iterable), chunksize, buffersize)
+        run = _Run(runner, self.stages, iter(iterable), chunksize, buffersize)
         if progress:
             run.bars = [progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
                         for i, s in enumerate(self.stages)]
@@ -117,12 +113,12 @@ class _Run:
     for, so the slowest stage's tasks last about ``Batcher.target``.
     """
 
-    def __init__(self, executor: Executor, stages: tuple[Stage, ...], source: Iterator[Any],
+    def __init__(self, runner: Runner, stages: tuple[Stage, ...], source: Iterator[Any],
                  chunksize: int | None, buffersize: int | None) -> None:
-        self.executor = executor
+        self.runner = runner
         self.stages = stages
         self.source = source
-        self.limits = [s.workers or executor.workers for s in stages]
+        self.limits = [s.workers or runner.workers for s in stages]
         slots = sum(self.limits)
         self.max_batches = 2 * slots if buffersize is None else max(1, buffersize)
         self.window = buffersize  # items inside the pipeline, at most
@@ -154,7 +150,7 @@ class _Run:
                 self._launch()
                 if emitted in self.outputs:
                     future = self.outputs.pop(emitted)
-                    load_ready(self.executor, [future, *self.outputs.values()])
+                    self.runner.load_ready([future, *self.outputs.values()])
                     try:
                         batch = future.result()
                     except BaseException:  # a failure only loading tells (ray)
@@ -196,7 +192,7 @@ class _Run:
         if origin + 1 == len(self.stages):
             yield from partial
             return
-        rest = _Run(self.executor, self.stages[origin + 1:], iter(partial), len(partial), None)
+        rest = _Run(self.runner, self.stages[origin + 1:], iter(partial), len(partial), None)
         yield from rest.results(deadline)
 
     def _read_input(self, emitted: int) -> None:
@@ -225,7 +221,7 @@ class _Run:
                 if self.failure is not None and number > self.failure[0]:
                     continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
-                future = self.executor._submit_task(
+                future = self.runner.submit(
                     Task(stage.fn, (batch,), {}, stage.options, EACH, deps)
                 )
                 self.running[index] += 1

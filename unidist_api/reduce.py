@@ -21,15 +21,13 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .task import DEFAULT_OPTIONS, unwrap
-
-if TYPE_CHECKING:
-    from .executor import Executor
+from .runner import Runner
+from .task import unwrap
 
 __all__ = ["tree_reduce", "pairwise"]
 
@@ -105,21 +103,20 @@ class _Alarm:
             task.cancel()
 
 
-def tree_reduce(executor: Executor, fn: Callable[[Any, Any], Any], iterable: Iterable[Any],
+def tree_reduce(runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterable[Any],
                 initial: Any = MISSING) -> Any:
     fn, options = unwrap(fn)
-    if options is not DEFAULT_OPTIONS:
-        executor._backend.check_options(options)
+    runner.check_options(options)
     block = _Block(fn)
     source = iter(iterable)
     stack: list[tuple[int, Future[Any]]] = []  # (log2 of subtree size, its future)
     leaves: deque[tuple[Future[Any], int, float]] = deque()  # block tasks still running
-    max_leaves = 2 * executor.workers
+    max_leaves = 2 * runner.workers
     level, count = 0, 0  # block size is 2**level; count = items read so far
     alarm = _Alarm()
 
     def submit(func: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = executor._submit_task(Task(func, args, {}, options, deps=find_futures(args, {}),
+        future = runner.submit(Task(func, args, {}, options, deps=find_futures(args, {}),
                                             report_failure=True))
         alarm.watch(future)
         return future

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import timeouts
-from .arguments import replace_instances
 from .data import Packed, load_input, pack
 from .errors import SerializationError, TaskError, TaskTimeoutError
+from .nested import replace_instances
 from .serialization import dumps, loads, task_name, unloadable
 
 CALL, EACH, EACH_STAR = 0, 1, 2

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..arguments import replace_futures
+from ..data import Packed, load_result
 from ..errors import (
     ClusterConnectionError,
     InvalidOptionError,
@@ -29,7 +30,6 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future
-from ..data import Packed, load_result
 from ..serialization import FunctionCache, dumps_value, loads, pack_arguments, pack_value, task_name
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
@@ -221,7 +221,7 @@ def complete(future: Future[Any], outcome: Outcome) -> None:
         if status == OK:
             future.set_serialized_result(data, load_result)
         else:
-            exc, future.partial = loads(data)
+            exc, future.partial = loads(data)  # type: ignore[arg-type]  # errors: bytes
             future.set_remote_exception(exc, tb)
     except cf.InvalidStateError:
         pass

@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..data import Embedded, Packed, load_result
 from ..errors import UnsupportedOptionError
 from ..futures import Future
-from ..data import Embedded, Packed, load_result
 from ..serialization import FunctionCache, pack_arguments, pack_value
 from ..task import TaskOptions
 from ..worker import run_initializer, run_pickled

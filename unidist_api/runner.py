@@ -1,0 +1,60 @@
+"""The small internal interface that ``map``, ``pipeline`` and ``reduce`` run on.
+
+An :class:`~unidist_api.executor.Executor` owns one :class:`Runner` over its backend;
+the streaming modules receive that runner, never the executor, so they depend on
+four things: submit a prepared task, check its options, how many tasks run at once,
+and load many finished results in one engine call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .backends.base import Backend, Task
+from .errors import ExecutorShutdownError
+from .futures import Future
+from .task import DEFAULT_OPTIONS, TaskOptions
+
+__all__ = ["Runner"]
+
+
+class Runner:
+    """Submits prepared tasks to one backend until its executor shuts down."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.closed = False
+
+    @property
+    def workers(self) -> int:
+        """How many tasks can run at once (sizes the default buffers)."""
+        return self.backend.workers
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ExecutorShutdownError(
+                f"this {self.backend.name!r} executor has been shut down; create a new "
+                "ua.Executor (or use the module functions, which start a new one)"
+            )
+
+    def check_options(self, options: TaskOptions) -> None:
+        """Refuse, now, task options the backend cannot honour (free for the defaults)."""
+        if options is not DEFAULT_OPTIONS:
+            self.backend.check_options(options)
+
+    def submit(self, task: Task) -> Future[Any]:
+        self.check_open()
+        return self.backend.submit(task)
+
+    def load_ready(self, futures: Iterable[Future[Any]]) -> None:
+        """Load the values of the finished ``futures`` in one engine call (``Backend.fetch``).
+
+        On Ray and Dask a value is fetched on its first ``result()``, one round trip each;
+        when several tasks have finished, one bulk fetch serves them all.
+        """
+        backend = self.backend
+        if backend.fetches:
+            done = [future for future in futures if future.done()]
+            if len(done) > 1:
+                backend.fetch(done, None)
