@@ -15,13 +15,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from . import measure
 from .child import ROOT, child_env
+from .data_report import print_data
 from .measure import log
 from .report import Section, machine_info, print_section, print_summary, write_json
 
-BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "unidist", "memory")
+BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "data", "unidist", "memory")
 BACKENDS = ("serial", "local", "dask", "ray")
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -42,16 +44,18 @@ class Sizes:
     load_futures: int  # the larger number of futures in flight (likewise)
     repeats: int
     budget: float  # seconds one measurement of a slow contender should take (sizes its n)
+    data_rounds: int  # the data benchmark's rounds (its runs are long): --repeats overrides
+    data_scales: tuple[int, ...]  # its sizes: 1 = the base size, 4 = four times the bytes
 
 
 FULL = Sizes(submit=200, batch=1000, map_items=100_000, map_slow_items=10_000, cpu_tasks=40,
              cpu_seconds=0.05, pipeline_items=20, memory_items=1_000_000, peer_submit=200,
              peer_map=5_000, load_map_items=100_000, load_futures=10_000, repeats=5,
-             budget=1.0)
+             budget=1.0, data_rounds=3, data_scales=(1, 4))
 QUICK = Sizes(submit=50, batch=200, map_items=20_000, map_slow_items=1_000, cpu_tasks=12,
               cpu_seconds=0.05, pipeline_items=8, memory_items=200_000, peer_submit=30,
               peer_map=500, load_map_items=20_000, load_futures=2_000, repeats=2,
-              budget=0.2)
+              budget=0.2, data_rounds=1, data_scales=(1,))
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -78,7 +82,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of: {','.join(BACKENDS)} "
                              "(serial appears in map, pipeline and memory only)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="alternating rounds per benchmark (default 5, quick: 2)")
+                        help="alternating rounds per benchmark (default 5, quick: 2; "
+                             "data: 3, quick: 1)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where to write the results (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true",
@@ -87,6 +92,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
     return args
+
+
+def _data(engines: Any, scales: tuple[int, ...], rounds: int) -> Section:
+    from . import data_plane  # needs NumPy: imported only when the data benchmark runs
+
+    return data_plane.run(engines, scales, rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     engine_errors: dict[str, str] = {}
 
-    def section(key: str, make: Callable[[], Section]) -> None:
+    def section(key: str, make: Callable[[], Section],
+                show: Callable[[Section], None] = print_section) -> None:
         log(f"benchmark: {key}")
         try:
             result = make()
@@ -110,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             return
         sections.append(result)
-        print_section(result)
+        show(result)
 
     in_process = [key for key in args.only
-                  if key in ("submit", "map", "cpu", "pipeline", "load")]
+                  if key in ("submit", "map", "cpu", "pipeline", "load", "data")]
     if in_process:
         from . import cpu_bound, load, map_tiny, pipeline_bound, submit
         from .engines import Engines
@@ -132,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline": lambda: pipeline_bound.run(engines, sizes.pipeline_items, repeats),
                 "load": lambda: load.run(engines, sizes.load_map_items, sizes.load_futures,
                                          repeats),
+                "data": lambda: _data(engines, sizes.data_scales,
+                                      args.repeats or sizes.data_rounds),
             }
             for key in in_process:
-                section(key, runs[key])
+                section(key, runs[key], print_data if key == "data" else print_section)
         finally:
             log("stopping the shared engines")
             engines.close()
