@@ -124,6 +124,7 @@ from dask.utils import format_bytes, funcname
 from distributed import Client, KilledWorker, Worker, WorkerPlugin, get_worker
 from distributed import Future as DaskFuture
 
+from ..data import Embedded, Packed, load_result, pack
 from ..errors import (
     ClusterConnectionError,
     ExecutorShutdownError,
@@ -132,7 +133,6 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future, RemoteFailure
-from ..data import Embedded, Packed, load_result, pack
 from ..serialization import FunctionCache, dumps_value, pack_value, unloadable
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import (
@@ -153,6 +153,7 @@ from .base import (
     worker_lost,
 )
 from .dask_cluster import EmbeddedCluster, embedded_resources
+from .dask_data import for_dask
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 OFFERS_MAX_AGE = 5.0  # seconds a running cluster's worker resources are cached
@@ -252,7 +253,7 @@ class DaskBackend(Backend):
         key = f"put-{uuid.uuid4().hex}"
         client = self._get_client()
         try:
-            handle = client.scatter({key: data}, hash=False)[key]
+            handle = client.scatter({key: for_dask(data)}, hash=False)[key]
         except Exception as exc:
             error = _scatter_error(exc)
             if error is exc:
@@ -827,7 +828,7 @@ def _run(fn_data: bytes, payload: bytes, mode: int, retries: int,
         exc.__context__ = None
         raise
     try:
-        return pack(value)
+        return for_dask(pack(value))
     except Exception as exc:
         raise unpicklable_result(fn_data, value, exc) from None
 

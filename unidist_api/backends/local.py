@@ -27,11 +27,11 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..data import Embedded, Packed, load_own, load_result
 from ..errors import ExecutorShutdownError
 from ..futures import Future
-from ..data import Embedded
-from ..serialization import FunctionCache, dumps_value, loads, pack_arguments
-from ..worker import Outcome, load_stored, run_pickled, start_local_worker, stuck_error
+from ..serialization import FunctionCache, pack_arguments, pack_value
+from ..worker import Outcome, start_local_worker, stuck_error
 from .base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -41,6 +41,7 @@ from .base import (
     task_name,
     worker_lost,
 )
+from .local_shm import SharedFile, SharedStore, run_shared
 
 
 class LocalBackend(Backend):
@@ -59,7 +60,7 @@ class LocalBackend(Backend):
         self._closed = False  # shut down: a task whose worker died is not sent again
         self._functions = FunctionCache()
         self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
-        self._store: _Store | None = None
+        self._store: SharedStore | None = None
         self._unfinished: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # for cancel_futures
         self._stopped_at_exit = False  # in _running (a flag: cheaper than asking the WeakSet)
         self._stuck_dir: str | None = None  # note files of stuck tasks (created on first need)
@@ -106,12 +107,15 @@ class LocalBackend(Backend):
         return future
 
     def put(self, obj: Any) -> Future[Any]:
-        data = dumps_value(obj, "the object passed to put")
-        store = self._get_store()
-        stored = store.add(data)
-        future: Future[Any] = Future(self, handle=stored)
-        future.set_serialized_result(stored.path.encode(), _load_path)
-        weakref.finalize(future, store.drop, stored.path)
+        data = pack_value(obj, "the object passed to put")
+        future: Future[Any] = Future(self)
+        if isinstance(data, Packed):  # its large buffers go to shared memory, once
+            store = self._get_store()
+            shared = store.write(data)
+            future.set_serialized_result(shared, load_own)
+            weakref.finalize(future, store.drop, shared.path)
+        else:
+            future.set_serialized_result(data, load_result)
         return future
 
     def cancel(self, future: Future[Any]) -> bool:
@@ -168,11 +172,19 @@ class LocalBackend(Backend):
             future.set_exception(exc)
             return
         fn_data = self._functions.get(task.fn)
-        payload = pack_arguments(task.fn, args, kwargs)
+        payload: bytes | Packed = pack_arguments(task.fn, args, kwargs)
+        held = self._hold(task)
+        store = self._get_store()
+        if isinstance(payload, Packed):  # large arguments go to shared memory, not the pipe
+            payload = store.write(payload)
+            store.acquire([payload.path])
+            store.drop(payload.path)  # removed once this call no longer reads it
+            held.append(payload.path)
         options = task.options
         stuck = None if options.timeout is None else self._stuck_path()
-        call = _Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
-                               options.timeout, stuck), self._hold(task), stuck, options.timeout)
+        call = _Call(task.fn, (store.new_path(), store.owner, fn_data, payload, task.mode,
+                               options.retries, options.retry_on, options.timeout, stuck),
+                     held, stuck, options.timeout)
         self._send(future, call)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             _stop_at_exit(self)
@@ -185,7 +197,7 @@ class LocalBackend(Backend):
         while True:
             pool = self._get_pool()
             try:
-                handle = pool.submit(run_pickled, *call.args)
+                handle = pool.submit(run_shared, *call.args)
                 break
             except Exception as exc:  # a worker died since the pool was checked: replace it
                 attempts += 1
@@ -221,8 +233,14 @@ class LocalBackend(Backend):
             future.cancel()
         elif exc is None:
             outcome: Outcome = handle.result()
-            complete(future, outcome)
+            data = outcome[1]
+            if isinstance(data, SharedFile) and self._store is not None:
+                weakref.finalize(future, self._store.drop, data.path)
+                future.set_serialized_result(data, load_own)
+            else:
+                complete(future, outcome)
         else:
+            self._drop_result(call)
             self._fail(future, exc, call)
 
     def _resend(self, future: Future[Any], call: _Call, pool: Any) -> bool:
@@ -232,6 +250,7 @@ class LocalBackend(Backend):
         broken pool counts a loss and is sent again.
         """
         self._set_broken(pool)
+        self._drop_result(call)  # what the lost attempt may have written
         call.lost += 1
         if call.lost > LOST_WORKER_RETRIES or future.done():
             return False
@@ -243,6 +262,11 @@ class LocalBackend(Backend):
                 self._store.release(call.held)
             self._fail(future, exc, call)
         return True
+
+    def _drop_result(self, call: _Call) -> None:
+        """Remove the result file an attempt of ``call`` may have left (its worker died)."""
+        if self._store is not None:
+            self._store.drop(call.args[0])
 
     def _stuck_path(self) -> str | None:
         """A fresh path where a task with a timeout leaves a note if it gets stuck.
@@ -277,11 +301,9 @@ class LocalBackend(Backend):
 
     def _worker_value(self, dep: Future[Any]) -> Any:
         """What replaces an input future in a call sent to a worker."""
-        if dep._backend is self and isinstance(dep.handle, _Stored):
-            return dep.handle  # a put handle: the worker reads the shared file
         data = dep.serialized_result()  # raises the dependency's exception if it failed
-        if data is not None:
-            return Embedded(data)  # still packed: embed it without a round trip
+        if data is not None:  # still packed: embedded without a round trip (a shared
+            return Embedded(data)  # file goes as its path)
         return dep.result()
 
     def _defer(self, future: Future[Any], task: Task, pending: list[Future[Any]]) -> None:
@@ -323,18 +345,25 @@ class LocalBackend(Backend):
                 if not future.done():
                     future.set_exception(exc)
 
-    def _get_store(self) -> _Store:
-        with self._lock:
-            if self._store is None:
-                self._store = _Store()
-            return self._store
+    def _get_store(self) -> SharedStore:
+        store = self._store
+        if store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = SharedStore()
+                store = self._store
+        return store
 
     def _hold(self, task: Task) -> list[str]:
-        """Keep the put files a task reads until it finishes."""
-        paths = [dep.handle.path for dep in task.deps
-                 if dep._backend is self and isinstance(dep.handle, _Stored)]
-        if paths and self._store is not None:
-            self._store.acquire(paths)
+        """Keep the shared files a task reads (puts, large results) until it finishes."""
+        paths = []
+        for dep in task.deps:
+            if dep._backend is self:
+                data = dep.serialized_result()
+                if isinstance(data, SharedFile):
+                    paths.append(data.path)
+        if paths:
+            self._get_store().acquire(paths)
         return paths
 
 
@@ -398,73 +427,8 @@ class _Call:
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str],
                  stuck: str | None = None, timeout: float | None = None) -> None:
         self.fn = fn  # for the error's task name
-        self.args = args  # run_pickled's arguments
-        self.held = held  # put files the task reads, released when it finishes
+        self.args = args  # run_shared's arguments: result path, owner, run_pickled's
+        self.held = held  # shared files the task reads, released when it finishes
         self.lost = 0  # how often its worker died
         self.stuck = stuck  # with a timeout: where the task leaves a note if it gets stuck
         self.timeout = timeout  # the task's timeout option, for the error's message
-
-
-class _Stored:
-    """A put handle as it travels to a worker: just the file's path."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
-        return (load_stored, (self.path,))
-
-
-def _load_path(path: bytes) -> Any:
-    with open(path.decode(), "rb") as file:
-        return loads(file.read())
-
-
-class _Store:
-    """Files holding put objects; one is removed once its handle is gone and no task reads it."""
-
-    def __init__(self) -> None:
-        shm = "/dev/shm"
-        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="unidist-api-put-", dir=base)
-        self._lock = threading.Lock()
-        self._readers: dict[str, int] = {}
-        self._dropped: set[str] = set()
-
-    def add(self, data: bytes) -> _Stored:
-        path = os.path.join(self.dir, uuid.uuid4().hex)
-        with open(path, "wb") as file:
-            file.write(data)
-        return _Stored(path)
-
-    def acquire(self, paths: list[str]) -> None:
-        with self._lock:
-            for path in paths:
-                self._readers[path] = self._readers.get(path, 0) + 1
-
-    def release(self, paths: list[str]) -> None:
-        with self._lock:
-            for path in paths:
-                self._readers[path] -= 1
-                if not self._readers[path]:
-                    del self._readers[path]
-                    self._remove_if_dropped(path)
-
-    def drop(self, path: str) -> None:
-        with self._lock:
-            self._dropped.add(path)
-            if path not in self._readers:
-                self._remove_if_dropped(path)
-
-    def _remove_if_dropped(self, path: str) -> None:
-        if path in self._dropped:
-            self._dropped.discard(path)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)

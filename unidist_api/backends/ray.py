@@ -132,6 +132,7 @@ import ray
 import ray.exceptions as rex
 from ray._private import ray_constants
 
+from ..data import Embedded, Packed, load_result, pack
 from ..errors import (
     BackendNotInstalledError,
     ClusterConnectionError,
@@ -143,7 +144,6 @@ from ..errors import (
     WorkerLostError,
 )
 from ..futures import Future, RemoteFailure, _Serialized
-from ..data import Embedded, load_result, pack
 from ..serialization import FunctionCache, dumps, dumps_value, loads, pack_value
 from ..task import TaskOptions
 from ..worker import (
@@ -1002,7 +1002,7 @@ class _Spec:
 
 
 # -- on the worker -------------------------------------------------------------------------
-def _run_task(*args: Any) -> bytes | tuple[bytes, bytes]:
+def _run_task(*args: Any) -> bytes | Packed | tuple[bytes, bytes | Packed]:
     """The one remote function: initializer, then the task, then its pickled value.
 
     A task asked to report failures (``status`` in its spec) returns an empty status
