@@ -320,22 +320,6 @@ def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) ->
     return (ERROR, data, text)
 
 
-_stored: OrderedDict[str, bytes] = OrderedDict()
-_STORED_CACHE_SIZE = 8
-
-
-def load_stored(path: str) -> Any:
-    """Resolve a ``put`` handle on a local worker: read the file once, unpickle per task."""
-    data = _stored.get(path)
-    if data is None:
-        with open(path, "rb") as file:
-            data = file.read()
-        _stored[path] = data
-        if len(_stored) > _STORED_CACHE_SIZE:
-            _stored.popitem(last=False)
-    return loads(data)
-
-
 def start_local_worker(parent: int, data: bytes | None) -> None:
     """A loky worker's start (``local``): watch the caller, then the user's initializer.
 

@@ -3,9 +3,10 @@
 The pool starts on first use. Calls travel as pickles made in the caller (so an
 unpicklable argument fails at submit, by name) and the function is pickled once per
 executor. A task whose arguments hold unfinished futures waits for them without
-blocking the caller: one dispatcher thread submits it when they are done. ``put``
-writes the object once to a file the workers read (a RAM-backed one where the system
-has ``/dev/shm``), so many tasks share one copy instead of one pipe transfer each.
+blocking the caller: one dispatcher thread submits it when they are done. Large
+buffers (of ``put`` objects, arguments and results) go through shared-memory files,
+not the pipe (:mod:`.local_shm`): workers map them read-only, the caller
+copy-on-write, and a result passed on to another task travels as its path.
 A task past its ``timeout`` that the interrupt cannot reach (stuck in one C call) ends
 its worker process, leaving a note file: that task fails with TaskTimeoutError, the
 broken pool is replaced and its other unfinished tasks are sent again. Each worker
