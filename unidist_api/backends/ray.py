@@ -48,13 +48,14 @@ attempt past it with a SIGALRM in its main thread, where Ray runs tasks
 
 Serialization. Every value that crosses Ray (results, ``put`` objects, inputs from
 other backends, task exceptions, ``retry_on``) is pickled by our cloudpickle, not
-Ray's own copy of it, and Ray stores and moves that pickle as plain ``bytes`` (which
-Ray handles as cheaply as an int; a wrapper object would cost a pickling by Ray on
-top, ~35 us a task): a class the workers got by value (defined in ``__main__`` or a
-test module) then comes back as the caller's very class, and an unpicklable value is
-named in a :class:`SerializationError`. So ``ray.get(future.handle)`` gives that
-pickle (``pickle.loads`` it), and Ray's zero-copy transfer of large NumPy buffers does
-not apply.
+Ray's own copy of it, so a class the workers got by value (defined in ``__main__`` or
+a test module) comes back as the caller's very class, and an unpicklable value is
+named in a :class:`SerializationError`. A value without large buffers is one plain
+``bytes`` pickle (which Ray handles as cheaply as an int); one with buffers of 1 MiB or
+more is a :class:`~unidist_api.data.Packed`, which Ray pickles with protocol 5, storing
+the buffers out of band in its object store: workers read them as zero-copy read-only
+views, and the caller copies each once (``load_result``). So ``ray.get(future.handle)``
+gives that packed form (``unidist_api.data.load_result`` rebuilds the value).
 
 Completion. Waiting is mostly ``result()`` and ``gather``, and those go through
 :meth:`RayBackend.fetch` (``fetches`` is set): one ``ray.get`` in the caller's thread
