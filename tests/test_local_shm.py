@@ -1,11 +1,12 @@
-"""``local``'s shared-memory files (backends/local_shm.py): large values cross through
+"""``local``'s shared-memory files (backends/local/shm.py): large values cross through
 files in /dev/shm, and every file is removed once nothing needs it: after handles and
 futures are dropped, after a worker is killed mid-task, at shutdown, and when the caller
-itself is killed.
+itself is killed. Local only; no timings.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import gc
 import os
 import signal
@@ -36,6 +37,11 @@ def die_with(arr: np.ndarray, marker: str) -> float:
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return float(arr.sum())
+
+
+def slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
 
 
 def make_then_die(n: int, marker: str) -> np.ndarray:
@@ -121,7 +127,9 @@ def test_a_killed_caller_leaves_no_file(tmp_path):
         import unidist_api as ua
         ex = ua.Executor("local", workers=1)
         handle = ex.put(np.ones({N}))
-        ex.submit(sum, [1]).result()
+        result = ex.submit(np.ones, {N})
+        assert result.result().sum() == {N}
+        assert len(ex._backend._store.files()) == 2
         print(ex._backend._store.dir, flush=True)
         time.sleep(600)
     """)
@@ -137,3 +145,58 @@ def test_a_killed_caller_leaves_no_file(tmp_path):
     while os.path.exists(store_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(store_dir)
+
+
+def test_a_result_stays_loadable_after_shutdown():
+    with ua.Executor("local", workers=2) as ex:
+        future = ex.submit(make, N, 2.0)
+        handle = ex.put(make(N, 3.0))
+        cf.wait([future])
+        store_dir = ex._backend._store.dir
+    assert not os.path.exists(store_dir)
+    value = future.result()  # first loaded now: its mapping outlived the file
+    assert value.flags.writeable
+    np.testing.assert_array_equal(value, make(N, 2.0))
+    np.testing.assert_array_equal(handle.result(), make(N, 3.0))
+
+
+def test_tasks_queued_at_shutdown_without_wait_still_read_their_files():
+    ex = ua.Executor("local", workers=1)
+    first = ex.submit(slow, 0.5)
+    handle = ex.put(make(N, 5.0))
+    queued = [ex.submit(total, make(N, float(i))) for i in range(3)]
+    queued.append(ex.submit(total, handle))
+    store_dir = ex._backend._store.dir
+    ex.shutdown(wait=False)
+    assert first.result(timeout=60) == 0.5
+    assert [f.result(timeout=60) for f in queued] == [
+        *(total(make(N, float(i))) for i in range(3)), total(make(N, 5.0))]
+    deadline = time.monotonic() + 10  # removed once the pool has finished
+    while os.path.exists(store_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(store_dir)
+
+
+def test_the_callers_writes_to_a_result_reach_no_task(ua_serial):
+    with ua.Executor("local", workers=2) as ex:
+        future = ex.submit(make, N)
+        mine = future.result()
+        mine[:] = -1.0  # copy-on-write: the caller's pages only
+        assert ex.submit(total, future).result() == total(make(N))
+        assert ua_serial.submit(total, future).result() == total(make(N))
+        packed = future.serialized_result()  # what another backend is given
+        assert float(np.frombuffer(packed.buffers[0]).sum()) == total(make(N))
+        assert ex.submit(total, future).result() == total(make(N))
+
+
+def test_a_large_pickle_put_is_one_file_and_a_small_one_none():
+    with ua.Executor("local", workers=2) as ex:
+        small = ex.put(list(range(10)))
+        assert files(ex) == []
+        items = list(range(100_000))  # ~500 KB of pickle, no large buffer
+        large = ex.put(items)
+        assert len(files(ex)) == 1
+        assert ua.gather([ex.submit(len, large) for _ in range(4)]) == [len(items)] * 4
+        assert ex.submit(sum, small).result() == 45
+        del large
+        assert settle(ex, 0) == []

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pickle import PickleBuffer
 from typing import Any
 
-__all__ = ["LARGE", "Packed", "Wire", "pack", "load_input", "load_result", "load_own",
+__all__ = ["LARGE", "Packed", "Wire", "pack", "load_input", "load_result",
            "Embedded", "is_large"]
 
 #: A buffer of at least this many bytes travels out of band and arrives read-only.
@@ -146,11 +146,6 @@ def _copy(buffer: Any) -> Any:
         area.madvise(mmap.MADV_HUGEPAGE)
     memoryview(area)[:] = view
     return area
-
-
-def load_own(data: bytes | Packed) -> Any:
-    """:func:`load_result` for memory the engine made private to the caller."""
-    return load_result(data, private=True)
 
 
 _READONLY_BUFFER = pickle.READONLY_BUFFER  # the opcode after a read-only buffer

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from .data import Packed, load_own, load_result
+from .data import Packed, load_result
 from .errors import RemoteTraceback, SerializationError
 
 __all__ = ["Future", "RemoteFailure", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
@@ -107,7 +107,7 @@ class Future(cf.Future[T], Generic[T]):
             if type(value) is _Serialized:
                 try:
                     self._result = value.loads(value.data)
-                    if value.loads is load_result or value.loads is load_own:
+                    if value.loads is load_result:
                         self._packed = value.data
                 except RemoteFailure as failure:
                     exc = failure.exc
@@ -134,8 +134,7 @@ class Future(cf.Future[T], Generic[T]):
         without an unpickle and re-pickle in between.
         """
         value: Any = cf.Future.result(self, timeout=0)
-        if type(value) is _Serialized and (value.loads is load_result
-                                           or value.loads is load_own):
+        if type(value) is _Serialized and value.loads is load_result:
             return value.data
         return self._packed
 

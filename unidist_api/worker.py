@@ -12,9 +12,7 @@ args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one ta
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 import time
 import traceback
 import types
@@ -30,7 +28,6 @@ from .serialization import dumps, loads, task_name, unloadable
 
 CALL, EACH, EACH_STAR = 0, 1, 2
 OK, ERROR = 0, 1
-STUCK_EXIT_CODE = 75  # a worker process ended by run_pickled's on_stuck
 
 Outcome = tuple[int, "bytes | Packed", "str | None"]
 """``(OK, packed value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
@@ -120,17 +117,15 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
 
 def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
                 retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
-                stuck_path: str | None = None) -> Outcome:
+                on_stuck: Callable[[], None] | None = None) -> Outcome:
     """Run one task given as pickles; the outcome is packed too (never raises).
 
     Large buffers of the arguments arrive read-only (:func:`~unidist_api.data.load_input`);
     the value's large buffers stay out of band in the outcome (:func:`~unidist_api.data.pack`).
 
-    ``stuck_path`` (with a ``timeout``): an attempt the interrupt cannot stop (stuck in
-    one C call) writes this file and ends the worker process, so the caller (the local
-    backend) can tell why the pool broke and fail just this task with TaskTimeoutError.
+    ``on_stuck`` (with a ``timeout``): called when an attempt cannot be interrupted
+    (stuck in one C call); the local backend's ends the worker process.
     """
-    on_stuck = None if timeout is None or stuck_path is None else _exit_stuck(stuck_path)
     try:
         value = execute(fn_data, lambda: load_input(payload), mode, retries, retry_on, timeout,
                         on_stuck)
@@ -140,19 +135,6 @@ def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int
         return (OK, pack(value), None)
     except Exception as exc:
         return dump_error(unpicklable_result(fn_data, value, exc), None)
-
-
-def _exit_stuck(path: str) -> Callable[[], None]:
-    """The ``on_stuck`` hook of :func:`run_pickled`: leave a note at ``path``, then exit."""
-
-    def exit_stuck() -> None:
-        try:
-            with open(path, "w") as file:
-                file.write(str(os.getpid()))
-        finally:
-            os._exit(STUCK_EXIT_CODE)  # the stuck thread dies with the process
-
-    return exit_stuck
 
 
 def run_native(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
@@ -318,27 +300,6 @@ def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) ->
     except Exception:  # an unpicklable earlier result: report the error alone
         data = dumps((exc, None))
     return (ERROR, data, text)
-
-
-def start_local_worker(parent: int, data: bytes | None) -> None:
-    """A loky worker's start (``local``): watch the caller, then the user's initializer.
-
-    A worker whose caller died without shutting it down (SIGKILL, SIGTERM, a crash) exits
-    within ``PARENT_CHECK`` seconds: loky's workers would otherwise wait for work forever.
-    """
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
-                     name="unidist-api-parent-watch").start()
-    if data is not None:
-        run_initializer(data)
-
-
-PARENT_CHECK = 1.0  # seconds between a local worker's checks that its caller still runs
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:  # the caller is gone: this process was reparented
-        time.sleep(PARENT_CHECK)
-    os._exit(1)
 
 
 def run_initializer(data: bytes) -> None:
