@@ -1,7 +1,16 @@
 # mypy: disallow-untyped-calls=False
 """The embedded Dask cluster: a ``LocalCluster`` on 127.0.0.1 that we start, share and stop.
 
-Executors of the same shape (workers, threads) share one; the last to let go stops it.
+Executors without an initializer share an embedded cluster of the same shape (workers,
+threads), counted by users: starting one costs seconds; the last to let go stops it. An
+executor with an initializer gets its own, since its state would otherwise leak into
+other executors' tasks. It sets ``distributed.scheduler.allowed-failures`` to
+``LOST_WORKER_RETRIES`` (3, as on every backend).
+
+``__main__``: Dask spawns worker processes, and a spawned process re-runs the parent's main
+script (its top-level prints and, without an ``if __name__ == "__main__":`` guard, its
+whole program). Tasks never need it (functions from ``__main__`` travel by value), so
+embedded workers are started without it, as ``local``'s are.
 
 It keeps its workers. When a worker process dies its nanny starts a new one, but Dask's
 ``SpecCluster`` closes a nanny for good when, ``distributed.deploy.lost-worker-timeout``
@@ -22,7 +31,7 @@ from typing import Any, ClassVar
 from distributed import LocalCluster
 from distributed.system import MEMORY_LIMIT
 
-from .base import LOST_WORKER_RETRIES
+from ..base import LOST_WORKER_RETRIES
 
 __all__ = ["EmbeddedCluster", "embedded_resources", "HEAL_EVERY"]
 
