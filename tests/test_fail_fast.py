@@ -163,7 +163,7 @@ def release(executor: ua.Executor, folder: Path) -> None:
     starts sooner after its last read still runs (docs/reliability.md).
     """
     if executor.backend == "ray":
-        from unidist_api.backends.ray_signals import REFRESH
+        from unidist_api.backends.ray.cancel import REFRESH
 
         time.sleep(2 * REFRESH + 0.1)
     (folder / "release").touch()

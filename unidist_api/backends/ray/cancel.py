@@ -1,15 +1,17 @@
-"""How the ray backend tells workers things without ``ray.cancel``: Ray's GCS key-value store.
+"""Telling workers things without ``ray.cancel``: the cancel board and stuck marks.
 
-Two signals, both small keys in Ray's internal key-value store (the GCS, reachable from
-the caller and from every worker of the cluster):
+``ray.cancel`` can crash the calling process when it lands while the task finishes (a
+race in Ray's task manager, ray-project/ray#54846), which is exactly when map and
+pipeline cancel what they no longer need, so we never call it. Two signals instead,
+both small keys in Ray's internal key-value store (the GCS, reachable from the caller
+and from every worker of the cluster):
 
 - **The cancel board** (one key per driver job): the ids of the tasks the caller
-  cancelled and that have not finished yet. ``ray.cancel`` can crash the calling process
-  when it lands while the task finishes (ray-project/ray#54846), so the caller only
-  posts the id there; a worker reads the board when it starts a task, at most every
-  ``REFRESH`` seconds (one GCS round trip, ~0.4 ms), and skips a task listed on it.
-  Best effort: a task that starts before the worker's next read still runs (its result
-  is dropped). A running task is never interrupted.
+  cancelled and that have not finished yet. ``cancel()`` only posts the id there and is
+  True for any unfinished task; a worker reads the board when it starts a task, at most
+  every ``REFRESH`` seconds (one GCS round trip, ~0.4 ms), and skips a task listed on it.
+  Best effort: a task that starts before the worker's next read, or was running, runs to
+  the end and its result is dropped. A running task is never interrupted.
 - **Stuck marks**: a worker whose task is past its ``timeout`` and stuck where the
   interrupt cannot reach (one long C call) marks the task, then ends its own process;
   Ray runs the task again (a lost worker), and that attempt, seeing the mark, fails at

@@ -1,0 +1,271 @@
+"""How a task's future completes: fetched in bulk, watched when something waits, swept.
+
+Waiting is mostly ``result()`` and ``gather``, and those go through
+:meth:`RayBackend.fetch` (``fetches`` is set): ``ray.get`` in the caller's thread for
+all the futures asked for, done or not, which then completes them with their values
+(:func:`loaded`); many futures are fetched in a few parts (``FETCH_PARTS``), so that the
+caller copies one part's large values while the tasks of the next ones still run.
+Nothing else is needed for them, so a task's future is not *watched* when it is
+submitted: Ray's ``ObjectRef._on_ready`` callback costs Ray's I/O thread a GIL round
+trip per task (5-10% of a tiny task's cost). Whatever else waits for a future watches it
+first: ``done()``, ``exception()``, ``add_done_callback`` (so ``await`` and asyncio),
+``concurrent.futures.wait``/``as_completed`` (through the future's ``_waiters`` list,
+where they install their waiters), and a fetch that did not finish (timeout, a failed
+task). A *sweep* watches every future nothing waited for within a second
+(``WATCH_AFTER``), so a future nobody reads still completes and lets go of its
+``ObjectRef``, and the tasks left by ``shutdown(wait=False)`` end the runtime; futures a
+fetch is waiting for are left to it.
+
+A watched future's callback, which does not fetch the value, runs on Ray's I/O thread
+and only queues the future for one completer thread per runtime (which also sweeps),
+which completes it with the ``ObjectRef`` itself: the value is fetched on the first
+``result()`` (:func:`.data.load`), so a result passed on to another task never visits
+the caller. A failed task is never completed by a fetch: the fetch leaves it to that
+path, so ``result()`` raises the task's own exception with its remote traceback. A
+watched future is completed as a success even when its task failed (that shows when the
+value is loaded), except for tasks that ask to report failures (``Task.report_failure``:
+every task of a ``reduce``, which must fail fast): those return a tiny status value
+first (``num_returns=2``), which the completer reads, so their future fails as soon as
+the task does.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import ray
+import ray.exceptions as rex
+
+from ...errors import WorkerLostError
+from ...futures import Future
+from .data import load
+from .errors import LOST_WORKER, engine_error, task_error
+
+if TYPE_CHECKING:
+    from .backend import RayBackend
+    from .runtime import Runtime
+
+__all__ = ["Completer", "RayFuture", "loaded", "WATCH_AFTER", "SWEEP_EVERY"]
+
+WATCH_AFTER = 1.0  # seconds after which the sweep watches a future nothing waited for
+SWEEP_EVERY = 0.5  # seconds between sweeps
+
+_FINISHED = cf._base.FINISHED
+_PENDING = cf._base.PENDING
+T = TypeVar("T")
+
+
+class Completer:
+    """One thread completing futures as their ObjectRefs become ready.
+
+    ``ObjectRef._on_ready`` calls back on Ray's I/O thread without fetching the value;
+    user code (a done callback may call ``result()``, i.e. ``ray.get``) must not run
+    there, so the callback only queues the future for this thread. Every SWEEP_EVERY
+    seconds the thread also calls :meth:`sweep`, and posts the cancel board when it
+    changed.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._board = runtime.board
+        self._queue: queue.SimpleQueue[tuple[Future[Any] | None, BaseException | None] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name="unidist-api-ray-completer", daemon=True).start()
+
+    def watch(self, future: Future[Any]) -> None:
+        ref = getattr(future, "_status", None) or future.handle  # ready together
+        try:
+            ref._on_ready(functools.partial(self._ready, future))
+        except Exception as exc:  # Ray cannot wait for it (e.g. stopped by the program)
+            self._ready(future, exc)
+
+    def _ready(self, future: Future[Any], error: BaseException | None) -> None:
+        self._queue.put((future, error))
+
+    def wake(self) -> None:
+        """Sweep now (and post the cancel board if it changed)."""
+        self._queue.put((None, None))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        swept = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=SWEEP_EVERY)
+            except queue.Empty:
+                item = (None, None)
+            if item is None:
+                return
+            future, error = item
+            if future is not None:
+                self._complete(future, error)
+            if self._board.dirty and self._queue.empty():  # one write for a burst of changes
+                self._board.post()
+            if future is None or time.monotonic() - swept > SWEEP_EVERY:
+                self.sweep()
+                swept = time.monotonic()
+
+    def sweep(self) -> None:
+        """Watch the futures nothing has waited for within WATCH_AFTER seconds.
+
+        So a future nobody reads still completes and lets go of its ObjectRef (Ray then
+        frees the value), and the tasks behind ``shutdown(wait=False)`` end the runtime.
+        """
+        runtime = self._runtime
+        now = time.monotonic()
+        unwatched = runtime.unwatched
+        while unwatched and (runtime.closing or now - unwatched[0][0] > WATCH_AFTER):
+            try:
+                _, ref = unwatched.popleft()
+            except IndexError:  # cleared by closing meanwhile
+                return
+            future = ref()
+            if future is None or future._watched or future._state == _FINISHED:
+                continue
+            if future._fetching and not runtime.closing:  # a fetch waits for it: look later
+                unwatched.append((now, ref))
+                continue
+            future._watch()
+
+    def _complete(self, future: Future[Any], error: BaseException | None) -> None:
+        """Complete ``future``, whose ObjectRef is ready (``error``: Ray could not wait)."""
+        runtime = self._runtime
+        close = runtime.untrack(future)
+        if future.cancelled():  # its task is over (skipped or not): off the board
+            self._board.discard(future.handle.task_id().hex())
+        failure = None
+        status = getattr(future, "_status", None)
+        if error is None and status is not None:
+            future._status = None  # type: ignore[attr-defined]
+            try:
+                ray.get(status, timeout=10)  # tiny, and ready: raises if the task failed
+            except rex.RayTaskError as err:
+                failure = task_error(err, future.handle)
+            except rex.RayError as err:  # not the task's own failure (a lost worker)
+                error = err
+        try:
+            if failure is not None:
+                future.partial = failure.partial
+                future.set_remote_exception(failure.exc, failure.tb)
+            elif error is None:
+                future.set_serialized_result(future.handle, load)
+                runtime.unread.add(future)
+            else:
+                future.set_exception(engine_error(error, getattr(future, "_fn", None)))
+        except cf.InvalidStateError:  # failed by an exiting interpreter meanwhile
+            pass
+        if close:
+            runtime.close()
+
+
+def loaded(runtime: Runtime, future: Future[Any], value: Any) -> None:
+    """Complete ``future`` with its value, fetched by :meth:`RayBackend.fetch`."""
+    try:
+        future.set_result(value)
+    except cf.InvalidStateError:  # completed by the completer meanwhile
+        future.set_loaded(value)
+        return
+    if runtime.untrack(future):
+        runtime.close()
+
+
+class RayFuture(Future[T]):
+    """A task's future, watched (``_on_ready``) only once something waits for it.
+
+    ``result()`` and ``gather`` wait through :meth:`RayBackend.fetch`, in the caller's
+    thread, and need no watcher; whatever else waits (``done()``, ``exception()``,
+    ``add_done_callback``, ``await``, and ``concurrent.futures.wait``/``as_completed``,
+    which install their waiters in ``_waiters``) watches the future first. The sweep
+    watches the rest within WATCH_AFTER seconds.
+    """
+
+    def __init__(self, backend: RayBackend, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._watched = False
+        self._fetching = False  # a fetch waits for it (the sweep leaves it alone)
+        self._fn: Callable[..., Any] | None = None  # the task's function, to name it in errors
+        self._inputs: list[weakref.ref[RayFuture[Any]]] = []  # its input futures (weakly)
+        self._status: Any = None  # the status ObjectRef of a task reporting failures
+        super().__init__(backend)
+
+    def _watch(self) -> None:
+        if not self._watched:
+            self._watched = True
+            self._runtime.watch(self)
+
+    @property
+    def _waiters(self) -> list[Any]:
+        if not self._watched and self._state != _FINISHED:
+            self._watch()
+        return self._waiter_list
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
+
+    def done(self) -> bool:
+        if self._state == _FINISHED:
+            return True
+        self._watch()
+        return super().done()
+
+    def result(self, timeout: float | None = None) -> T:
+        if self._state == _PENDING and self._backend is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._backend.fetch([self], timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state != _FINISHED:
+            self._watch()
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
+        if self._state != _FINISHED:
+            self._watch()
+        super().add_done_callback(fn)
+
+    def _materialize(self) -> Any:
+        try:
+            return super()._materialize()
+        except WorkerLostError as exc:  # mapped by data.load, which cannot know the task
+            cause = exc.__cause__
+            if self._fn is None or not isinstance(cause, LOST_WORKER):
+                raise
+            named = engine_error(cause, self._lost_fn())
+            with self._condition:
+                self._exception = named
+            raise named from cause
+
+    def _lost_fn(self) -> Callable[..., Any] | None:
+        """The function of the task that lost its worker: this one's, or a lost input's.
+
+        Ray gives a task whose input was lost that input's error, which does not say
+        whose it is; an input whose value is that error (asked without waiting) is it.
+        """
+        for ref in self._inputs:
+            dep = ref()
+            if dep is None or dep._fn is None or not ray.is_initialized():
+                continue
+            try:
+                ray.get(dep.handle, timeout=0)
+            except LOST_WORKER:
+                return dep._lost_fn()
+            except Exception:  # the input is fine, failed otherwise, or not done
+                continue
+        return self._fn
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("<RayFuture", "<ua.Future", 1)

@@ -1,0 +1,110 @@
+"""What runs on a Ray worker: the one remote function, :func:`_run_task`.
+
+Its arguments are the task's *spec* (see ``RayBackend._spec``), its *payload* (the
+call's packed arguments) and its inputs (the values of the futures among them, resolved
+by Ray worker to worker). It checks the cancel board, unpickles the spec once per worker
+process (then knows it by its token), runs the executor's initializer once per process,
+runs the task through :func:`~unidist_api.worker.run_native` and returns the packed
+value. A task's own exception leaves as :class:`~.errors.TaskFailed`.
+
+Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
+and is shared by every executor of the process, so ``initializer(*initargs)`` instead
+runs inside the first task of this executor that a worker process runs, once per
+process and executor, before the task (a worker that never runs one of its tasks never
+runs it). If it raises, that task fails with its exception, and the next task on that
+worker tries again.
+
+Timeout. ``timeout`` travels in the spec: the worker stops an attempt past it with a
+SIGALRM in its main thread, where Ray runs tasks (:mod:`unidist_api.timeouts`); an
+attempt stuck where that cannot reach leaves a stuck mark (:mod:`.cancel`) and ends
+its process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+from typing import Any
+
+import ray
+
+from ...data import Packed
+from ...serialization import loads, task_name
+from ...worker import load_function, run_initializer, run_native, stuck_error, unpicklable_result
+from . import cancel
+from .data import InStore, returned
+from .errors import TaskFailed
+
+__all__ = ["SPECS_MAX", "_run_task"]
+
+Wire = bytes | Packed | InStore  # what a task returns to Ray (.data)
+SPECS_MAX = 256  # task specs (function, options, mode) cached, in the caller and per worker
+
+
+def _run_task(*args: Any) -> Wire | tuple[bytes, Wire]:
+    """The one remote function: initializer, then the task, then its packed value.
+
+    A task asked to report failures (``status`` in its spec) returns an empty status
+    value before it: the caller learns of a failure from that one, without the value.
+
+    ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
+    checks the fastest at each call).
+    """
+    spec, payload, *inputs = args
+    try:
+        if cancel.cancelled_here():
+            raise cf.CancelledError("the caller cancelled this task before it started")
+        fn_data, mode, retries, retry_on, init, timeout, status = _load_spec(spec)
+        on_stuck = None
+        if timeout is not None:
+            key = cancel.stuck_key()
+            if cancel.was_stuck(key):
+                raise stuck_error(task_name(load_function(fn_data)), timeout)
+            on_stuck = functools.partial(cancel.mark_stuck_and_exit, key)
+        if init is not None:
+            _initialize(*init)
+        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs,
+                           timeout=timeout, on_stuck=on_stuck)
+    except (Exception, SystemExit) as exc:
+        raise TaskFailed.carrying(exc) from None
+    try:
+        data = returned(value)
+    except Exception as exc:
+        raise TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
+    return (b"", data) if status else data
+
+
+_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None", bool]
+_specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
+
+
+def _load_spec(spec: Any) -> _Fixed:
+    """A task's spec (see ``RayBackend._spec``), unpickled once per worker process.
+
+    A large initializer travels beside the spec, and runs here.
+    """
+    data: Any
+    if type(spec) is bytes:
+        token, data = spec[:16], spec
+    else:
+        token, data, init = spec
+        if init is not None:
+            _initialize(*init)
+    fixed = _specs.get(token)
+    if fixed is None:
+        if type(data) is not bytes:  # too large to go inline: read once from the object store
+            data = ray.get(data)
+        fixed = loads(memoryview(data)[16:])
+        if len(_specs) >= SPECS_MAX:
+            del _specs[next(iter(_specs))]
+        _specs[token] = fixed
+    return fixed
+
+
+_initialized: set[str] = set()  # tokens of the executors whose initializer ran in this process
+
+
+def _initialize(token: str, data: Any) -> None:
+    if token not in _initialized:
+        run_initializer(data if isinstance(data, bytes) else ray.get(data))
+        _initialized.add(token)
