@@ -10,6 +10,7 @@ everywhere; each test compares what a task saw with the serial backend, the refe
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,13 @@ def make_holder(n: int) -> Holder:
     return Holder(make(n))
 
 
+def after(_gate: object, value: object) -> object:
+    """What a task that first waited for ``_gate`` sees of ``value``."""
+    if isinstance(value, np.ndarray):
+        return inspect(value)
+    return value
+
+
 # --------------------------------------------------------------------------- arguments
 def test_large_argument_arrives_read_only(ua_backend, ua_serial):
     arr = big()
@@ -150,6 +158,22 @@ def test_large_items_of_a_map_arrive_read_only(ua_backend, ua_serial):
     seen = list(ua_backend.map(inspect, items))
     assert seen == list(ua_serial.map(inspect, items))
     assert [s[0] for s in seen] == [False] * 4 + [True]
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["queued", "waiting-for-an-input"])
+def test_arguments_are_taken_at_submit(ua_backend, ua_serial, waits):
+    """Changing an argument after submit does not reach the task, large or small."""
+    busy = [ua_backend.submit(time.sleep, 0.3) for _ in range(ua_backend.workers)]
+    gate = ua_backend.submit(time.sleep, 0.3) if waits else None
+    arr, items = big(), [1, 2]
+    seen_arr = ua_backend.submit(after, gate, arr)
+    seen_items = ua_backend.submit(after, gate, items)
+    arr[:] = 7.0
+    items.append(3)
+    assert seen_arr.result() == ua_serial.submit(after, None, big()).result()
+    assert seen_arr.result() == (False, float(big().sum()), arr.shape, "float64")
+    assert seen_items.result() == [1, 2]
+    ua.wait(busy)
 
 
 # --------------------------------------------------------------------------- put

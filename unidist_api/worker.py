@@ -117,18 +117,28 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
 
 def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
                 retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
-                on_stuck: Callable[[], None] | None = None) -> Outcome:
+                on_stuck: Callable[[], None] | None = None,
+                inputs: bytes | Packed | None = None) -> Outcome:
     """Run one task given as pickles; the outcome is packed too (never raises).
 
     Large buffers of the arguments arrive read-only (:func:`~unidist_api.data.load_input`);
     the value's large buffers stay out of band in the outcome (:func:`~unidist_api.data.pack`).
+    ``inputs``: the packed tuple of input values for the arguments' :class:`Input`
+    placeholders, unpacked again for each attempt as the arguments are.
 
     ``on_stuck`` (with a ``timeout``): called when an attempt cannot be interrupted
     (stuck in one C call); the local backend's ends the worker process.
     """
+
+    def load_args() -> tuple[Any, Any]:
+        args, kwargs = load_input(payload)
+        if inputs is not None:
+            values = load_input(inputs)
+            args, kwargs = _fill(args, values), _fill(kwargs, values)
+        return args, kwargs
+
     try:
-        value = execute(fn_data, lambda: load_input(payload), mode, retries, retry_on, timeout,
-                        on_stuck)
+        value = execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
         return dump_error(failed.exc, failed.tb, failed.partial)
     try:

@@ -53,7 +53,7 @@ from dask.utils import funcname
 from distributed import Client
 from distributed import Future as DaskFuture
 
-from ...data import Embedded
+from ...data import Embedded, Packed
 from ...errors import ExecutorShutdownError
 from ...futures import Future
 from ...serialization import FunctionCache, dumps_value
@@ -124,6 +124,8 @@ class DaskBackend(Backend):
 
     def submit(self, task: Task) -> Future[Any]:
         fn_data, payload, inputs = prepare_native(task, self._functions)
+        if isinstance(payload, Packed):  # Dask pickles arguments later, on its event loop:
+            payload = payload.detached()  # a snapshot now, as every other argument is
         client = self._get_client()
         options = task.options
         key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"

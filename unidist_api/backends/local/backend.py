@@ -28,9 +28,9 @@ from typing import Any
 from ...data import Embedded, Packed, load_result
 from ...errors import ExecutorShutdownError
 from ...futures import Future
-from ...serialization import FunctionCache, pack_arguments, pack_value
+from ...serialization import FunctionCache, pack_for_workers, pack_value
 from ...worker import stuck_error
-from ..base import LOST_WORKER_RETRIES, Backend, Task, complete, resolve_arguments, task_name
+from ..base import LOST_WORKER_RETRIES, Backend, Task, complete, prepare_native, task_name
 from . import pool as pools
 from .calls import Call, StuckNotes, pool_failure
 from .shm import Mapped, Store, load_mapped
@@ -56,7 +56,7 @@ class LocalBackend(Backend):
         self._broken = False  # set when a worker died; the pool is replaced on next submit
         self._closed = False  # shut down: a task whose worker died is not sent again
         self._functions = FunctionCache()
-        self._ready: queue.SimpleQueue[tuple[Future[Any], Task] | None] | None = None
+        self._ready: queue.SimpleQueue[tuple[Future[Any], _Packed] | None] | None = None
         self._store: Store | None = None  # shared-memory files (created on first need)
         self._no_store = False  # no folder could be made: everything goes through the pipe
         self._lost: pools.LostResults | None = None
@@ -99,16 +99,13 @@ class LocalBackend(Backend):
     # -- Backend interface -------------------------------------------------------------
     def submit(self, task: Task) -> Future[Any]:
         future: Future[Any] = Future(self)
+        call = self._pack(task)  # now: changes to the arguments after submit do not reach it
         pending = [dep for dep in task.deps if not dep.done()]
+        self._unfinished.add(future)
         if pending:
-            # Check now what can be checked, so errors still surface at submit time.
-            self._functions.get(task.fn)
-            pack_arguments(task.fn, *resolve_arguments(task, _placeholder))
-            self._unfinished.add(future)
-            self._defer(future, task, pending)
+            self._defer(future, call, pending)
         else:
-            self._unfinished.add(future)
-            self._dispatch(future, task, fresh=True)
+            self._dispatch(future, call, fresh=True)
         return future
 
     def put(self, obj: Any) -> Future[Any]:
@@ -171,39 +168,50 @@ class LocalBackend(Backend):
         self._functions.clear()
 
     # -- sending a call ------------------------------------------------------------------
-    def _dispatch(self, future: Future[Any], task: Task, *, fresh: bool = False) -> None:
-        """Pickle the call here (errors surface in the caller) and hand it to the pool.
+    def _pack(self, task: Task) -> _Packed:
+        """Pickle the call in the caller, at submit (errors name the culprit here).
+
+        Input futures become placeholders (:func:`~unidist_api.backends.base.prepare_native`),
+        their values are added when the call is sent. Large arguments are written to a
+        shared file now, so the call holds a snapshot of them, as of every other argument.
+        """
+        fn_data, packed, inputs = prepare_native(task, self._functions)
+        held: list[str] = []  # shared files this call reads, released when it finishes
+        payload: bytes | Packed | str = packed
+        store = self._store or self._get_store()  # also where large results will go
+        if isinstance(packed, Packed):
+            shared = None if store is None else self._share(store, packed, held)
+            payload = packed.detached() if shared is None else shared
+        return _Packed(task, fn_data, payload, inputs, held)
+
+    def _dispatch(self, future: Future[Any], packed: _Packed, *, fresh: bool = False) -> None:
+        """Hand a packed call to the pool, with its input futures' values (now done).
 
         ``fresh``: called from ``submit``, before anyone else has the future (so it cannot
         have been cancelled): the checks for a cancelled one are skipped.
         """
+        held = packed.held
         if not fresh and future.done():
+            self._release(held)
             return
-        held: list[str] = []  # shared files this call reads, released when it finishes
+        task = packed.task
+        inputs: bytes | Packed | str | None = None
         try:
-            if task.deps:
-                args, kwargs = resolve_arguments(task, functools.partial(self._worker_value,
-                                                                         held))
-            else:
-                args, kwargs = task.args, task.kwargs
+            if packed.inputs:
+                values = tuple(self._worker_value(held, dep) for dep in packed.inputs)
+                inputs = pack_for_workers(values)
+                store = self._store
+                if isinstance(inputs, Packed) and store is not None:
+                    inputs = self._share(store, inputs, held) or inputs.detached()
         except BaseException as exc:  # an input future failed: so does this task
             self._release(held)
             future.set_exception(exc)
             return
-        try:
-            fn_data = self._functions.get(task.fn)
-            packed = pack_arguments(task.fn, args, kwargs)
-            payload: bytes | Packed | str = packed
-            store = self._store or self._get_store()
-            if isinstance(packed, Packed) and store is not None:
-                payload = self._share_arguments(store, packed, held)
-        except BaseException:
-            self._release(held)
-            raise
         options = task.options
         stuck = None if options.timeout is None else self._stuck.path()
-        call = Call(task.fn, (fn_data, payload, task.mode, options.retries, options.retry_on,
-                               options.timeout, stuck), held, stuck, options.timeout)
+        call = Call(task.fn, (packed.fn_data, packed.payload, task.mode, options.retries,
+                              options.retry_on, options.timeout, stuck, inputs),
+                    held, stuck, options.timeout)
         self._send(future, call)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             self._stopped_at_exit = True
@@ -222,13 +230,15 @@ class LocalBackend(Backend):
             return Embedded(data)  # still packed: no unpickle and re-pickle here
         return dep.result()
 
-    def _share_arguments(self, store: Store, payload: Packed, held: list[str]
-                         ) -> Packed | str:
-        """Large arguments go to a file the call holds; the pipe carries its path."""
+    def _share(self, store: Store, payload: Packed, held: list[str]) -> str | None:
+        """Large values go to a file the call holds; the pipe carries its path.
+
+        None when shared memory has no room: the value goes through the pipe.
+        """
         try:
             path = store.share(payload, "a")
-        except OSError:  # no room in shared memory: through the pipe
-            return payload
+        except OSError:
+            return None
         store.acquire(path)
         held.append(path)
         return path
@@ -346,8 +356,8 @@ class LocalBackend(Backend):
             future.set_exception(pool_failure(exc, call))
 
     # -- tasks waiting for their inputs --------------------------------------------------
-    def _defer(self, future: Future[Any], task: Task, pending: list[Future[Any]]) -> None:
-        """Submit ``task`` from the dispatcher thread once its input futures are done."""
+    def _defer(self, future: Future[Any], call: _Packed, pending: list[Future[Any]]) -> None:
+        """Send ``call`` from the dispatcher thread once its input futures are done."""
         count = [len(pending)]
         lock = threading.Lock()
 
@@ -358,8 +368,9 @@ class LocalBackend(Backend):
             if ready:
                 ready_queue = self._ready
                 if ready_queue is not None:
-                    ready_queue.put((future, task))
+                    ready_queue.put((future, call))
                 elif not future.done():  # shut down (wait=False) before its inputs were done
+                    self._release(call.held)
                     future.set_exception(ExecutorShutdownError(
                         "the executor was shut down before this task's input futures finished"
                     ))
@@ -368,7 +379,7 @@ class LocalBackend(Backend):
         for dep in pending:
             dep.add_done_callback(on_input_done)
 
-    def _get_ready_queue(self) -> queue.SimpleQueue[tuple[Future[Any], Task] | None]:
+    def _get_ready_queue(self) -> queue.SimpleQueue[tuple[Future[Any], _Packed] | None]:
         with self._lock:
             if self._ready is None:
                 self._ready = queue.SimpleQueue()
@@ -376,15 +387,23 @@ class LocalBackend(Backend):
                                  name="unidist-api-local-dispatch").start()
             return self._ready
 
-    def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], Task] | None]) -> None:
+    def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], _Packed] | None]) -> None:
         while (item := ready.get()) is not None:
-            future, task = item
+            future, call = item
             try:
-                self._dispatch(future, task)
+                self._dispatch(future, call)
             except BaseException as exc:
                 if not future.done():
                     future.set_exception(exc)
 
 
-def _placeholder(future: Future[Any]) -> None:
-    return None
+class _Packed:
+    """A task as pickled at submit: its function, its arguments (placeholders where input
+    futures go) and the shared files they hold, until it is sent to the pool."""
+
+    __slots__ = ("task", "fn_data", "payload", "inputs", "held")
+
+    def __init__(self, task: Task, fn_data: bytes, payload: bytes | Packed | str,
+                 inputs: list[Future[Any]], held: list[str]) -> None:
+        self.task, self.fn_data, self.payload = task, fn_data, payload
+        self.inputs, self.held = inputs, held

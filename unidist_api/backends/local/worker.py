@@ -85,8 +85,12 @@ def _malloc_trim() -> Callable[[int], Any] | None:
 
 def run_call(fn_data: bytes, payload: bytes | Packed | str, mode: int, retries: int,
              retry_on: tuple[type[BaseException], ...], timeout: float | None,
-             stuck_path: str | None, result_path: str | None) -> Outcome:
+             stuck_path: str | None, inputs: bytes | Packed | str | None,
+             result_path: str | None) -> Outcome:
     """Run one task; ``payload`` is its pickled arguments, or the path of their file.
+
+    ``inputs``: the values of its input futures, packed (or the path of their file), which
+    fill the arguments' placeholders (:class:`~unidist_api.worker.Input`); None without any.
 
     ``stuck_path`` (with a ``timeout``): an attempt the interrupt cannot stop (stuck in
     one C call) writes this file and ends the worker process, so the caller can tell
@@ -96,9 +100,11 @@ def run_call(fn_data: bytes, payload: bytes | Packed | str, mode: int, retries: 
     _activity.started += 1
     try:
         arguments = shm.read(payload) if isinstance(payload, str) else payload
+        values = shm.read(inputs) if isinstance(inputs, str) else inputs
         on_stuck = None if timeout is None or stuck_path is None else _exit_stuck(stuck_path)
-        outcome = run_pickled(fn_data, arguments, mode, retries, retry_on, timeout, on_stuck)
-        del arguments  # its mapping goes with the task's values
+        outcome = run_pickled(fn_data, arguments, mode, retries, retry_on, timeout, on_stuck,
+                              values)
+        del arguments, values  # their mappings go with the task's values
         data = outcome[1]
         if result_path is None or type(data) is not Packed:
             return outcome
