@@ -358,3 +358,29 @@ def test_pipeline_intermediate_values_never_loaded_in_driver(ua_backend):
     data = range(30)
     assert list(ua.pipeline(wrap, rewrap, unwrap)(data)) == [x + 1 for x in data]
     assert list(ua.pipeline(wrap, rewrap, unwrap)(data, chunksize=1)) == [x + 1 for x in data]
+
+
+# --------------------------------------------------------------------------- batch sizes
+def test_equal_one_item_tasks_keep_batches_short():
+    """Tasks of one item that each take 22 ms ask for batches of about target / 22 ms.
+
+    (Taking the quickest task's time off as the engine's overhead made them look free,
+    and batches jumped to the cap: a stage's items then ran in one task, not overlapping.)
+    """
+    from unidist_api.mapping import Batcher
+
+    batcher = Batcher(None, growth=4)
+    for _ in range(20):
+        size = batcher.next_size(Batcher.maximum)
+        batcher.record_latency(0.022 * size, size)
+    assert batcher.next_size(Batcher.maximum) <= int(Batcher.target / 0.02)
+
+
+def test_measured_overhead_lets_tiny_batches_grow():
+    from unidist_api.mapping import Batcher
+
+    batcher = Batcher(None, growth=4)
+    for _ in range(20):  # 1 ms of engine overhead, 1 us of work per item
+        size = batcher.next_size(Batcher.maximum)
+        batcher.record_latency(0.001 + 1e-6 * size, size, overhead=0.001)
+    assert batcher.next_size(Batcher.maximum) >= 1000

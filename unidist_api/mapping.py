@@ -57,7 +57,6 @@ class Batcher:
         self.size = chunksize or 1
         self.cap = self.maximum if cap is None else max(1, min(cap, self.maximum))
         self._per_item: float | None = None
-        self._quickest = float("inf")
 
     def observe(self, batch: Batch) -> None:
         """Learn from a finished batch's own timing."""
@@ -74,15 +73,18 @@ class Batcher:
         ideal = self.target / max(self._per_item, 1e-7)
         self.size = max(1, min(int(ideal), self.cap, self.size * self.growth))
 
-    def record_latency(self, seconds: float, items: int) -> None:
-        """Learn from a task's submit-to-completion time, which includes the engine's
-        per-task overhead: the quickest task seen bounds that overhead and is taken
-        off, and a task that already lasted ``target`` never makes batches grow."""
+    def record_latency(self, seconds: float, items: int, overhead: float = 0.0) -> None:
+        """Learn from a task's submit-to-completion time, less the engine's ``overhead``.
+
+        ``overhead`` is what the caller measured of it so far (0 until it knows: the
+        overhead then counts as work, which errs towards smaller batches; they only grow
+        while tasks stay shorter than ``target``). A task that already lasted ``target``
+        never makes batches grow.
+        """
         if self.fixed is not None or items <= 0:
             return
-        self._quickest = min(self._quickest, seconds)
         size = self.size
-        self.record(seconds - self._quickest, items)
+        self.record(max(seconds - overhead, 0.0), items)
         if seconds >= self.target:
             self.size = min(self.size, size)
 

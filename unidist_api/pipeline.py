@@ -109,8 +109,10 @@ class _Run:
     ``buffersize``, fewer than that many items) are inside; it then moves stage to
     stage as a future. Each stage has a :class:`~unidist_api.mapping.Batcher` fed with
     its tasks' submit-to-completion times (the workers' own timings stay with the
-    values, on the cluster); the next batch takes the smallest size any of them asks
-    for, so the slowest stage's tasks last about ``Batcher.target``.
+    values, on the cluster), less the engine's overhead: the least difference seen
+    between a final batch's latency and the worker's own time for it. The next batch
+    takes the smallest size any of them asks for, so the slowest stage's tasks last
+    about ``Batcher.target``.
     """
 
     def __init__(self, runner: Runner, stages: tuple[Stage, ...], source: Iterator[Any],
@@ -129,6 +131,9 @@ class _Run:
         self.running: list[int] = [0] * len(stages)
         self.futures: dict[Future[Any], int] = {}  # running tasks and their batch numbers
         self.started: dict[Future[Any], float] = {}
+        self.latency: dict[int, float] = {}  # final batches' submit-to-completion seconds
+        self.overhead = 0.0  # the engine's per-task overhead, once measured
+        self.measured = False
         self.finished: queue.SimpleQueue[tuple[int, int, Future[Any], float]] = (
             queue.SimpleQueue()
         )
@@ -156,6 +161,7 @@ class _Run:
                     except BaseException:  # a failure only loading tells (ray)
                         yield from self._before_failure(emitted, deadline)
                         raise
+                    self._learn_overhead(emitted, batch)
                     self.inside -= self.sizes.pop(emitted)
                     self.chains.pop(emitted, None)
                     emitted += 1
@@ -172,6 +178,16 @@ class _Run:
                 future.cancel()
             for bar in self.bars:
                 bar.close()
+
+    def _learn_overhead(self, number: int, batch: Any) -> None:
+        """Compare a final batch's latency with the worker's own time for it."""
+        latency = self.latency.pop(number, None)
+        elapsed = getattr(batch, "elapsed", None)
+        if latency is None or not elapsed:
+            return
+        overhead = max(0.0, latency - elapsed)
+        self.overhead = overhead if not self.measured else min(self.overhead, overhead)
+        self.measured = True
 
     def _before_failure(self, number: int, deadline: float | None) -> Iterator[Any]:
         """Final outputs of the items before the failing one in batch ``number``.
@@ -255,7 +271,9 @@ class _Run:
         if self.failure is not None and number > self.failure[0]:
             return
         size = self.sizes[number]
-        self.batchers[index].record_latency(finished_at - started, size)
+        self.batchers[index].record_latency(finished_at - started, size, self.overhead)
+        if index + 1 == len(self.stages):
+            self.latency[number] = finished_at - started
         if self.bars:
             self.bars[index].update(size)
         if index + 1 < len(self.stages):
