@@ -384,3 +384,27 @@ def test_measured_overhead_lets_tiny_batches_grow():
         size = batcher.next_size(Batcher.maximum)
         batcher.record_latency(0.001 + 1e-6 * size, size, overhead=0.001)
     assert batcher.next_size(Batcher.maximum) >= 1000
+
+
+# --------------------------------------------------------------------------- sequential sink
+def later_first(x):
+    """Items finish in reverse order within each group of 4."""
+    time.sleep(0.02 * (3 - x % 4))
+    return x
+
+
+def append_line(path, x):
+    with open(path, "a") as file:
+        file.write(f"{x}\n")
+    return x
+
+
+@pytest.mark.parametrize("chunksize", [None, 1])
+def test_a_one_worker_stage_is_a_sequential_sink(ua_backend, ua_serial, tmp_path, chunksize):
+    """A workers=1 stage gets its items one at a time, in input order, on every backend."""
+    path = tmp_path / "sink.txt"
+    sink = ua.stage(functools.partial(append_line, str(path)), workers=1)
+    got = list(ua_backend.pipeline(ua.stage(later_first, workers=4), sink)(
+        range(16), chunksize=chunksize))
+    assert got == list(range(16))
+    assert path.read_text().split() == [str(x) for x in range(16)]

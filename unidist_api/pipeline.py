@@ -10,10 +10,10 @@ input instead of letting earlier stages pile up results. Outputs come in input o
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import queue
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +127,9 @@ class _Run:
         cap = None if buffersize is None else buffersize // (2 * slots)
         self.batchers = [Batcher(chunksize, cap, growth=4) for _ in stages]
         self.bars: list[Any] = []
-        self.waiting: list[deque[tuple[int, Any]]] = [deque() for _ in stages]
+        #: batches waiting for each stage, as heaps by batch number: the oldest goes first
+        self.waiting: list[list[tuple[int, Any]]] = [[] for _ in stages]
+        self.next = [0] * len(stages)  # the batch a one-worker stage runs next
         self.running: list[int] = [0] * len(stages)
         self.futures: dict[Future[Any], int] = {}  # running tasks and their batch numbers
         self.started: dict[Future[Any], float] = {}
@@ -224,16 +226,26 @@ class _Run:
                 self.exhausted = True
             if not items:
                 return
-            self.waiting[0].append((self.taken, items))
+            heapq.heappush(self.waiting[0], (self.taken, items))
             self.sizes[self.taken] = len(items)
             self.inside += len(items)
             self.taken += 1
 
     def _launch(self) -> None:
+        """Start what each stage's limit allows, oldest batch first.
+
+        A one-worker stage is a sequential sink: it runs its batches one at a time and in
+        input order, waiting for the next one even when a later one is ready, so a stage
+        that appends to a file writes it in input order on every backend.
+        """
         for index in reversed(range(len(self.stages))):  # later stages first: drain, then fill
             waiting, stage = self.waiting[index], self.stages[index]
+            sequential = self.limits[index] == 1
             while waiting and self.running[index] < self.limits[index]:
-                number, batch = waiting.popleft()
+                if sequential and waiting[0][0] != self.next[index]:
+                    break  # an earlier batch is still on its way to this stage
+                number, batch = heapq.heappop(waiting)
+                self.next[index] = number + 1
                 if self.failure is not None and number > self.failure[0]:
                     continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
@@ -277,6 +289,6 @@ class _Run:
         if self.bars:
             self.bars[index].update(size)
         if index + 1 < len(self.stages):
-            self.waiting[index + 1].append((number, future))
+            heapq.heappush(self.waiting[index + 1], (number, future))
         else:
             self.outputs[number] = future
