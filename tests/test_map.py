@@ -363,3 +363,19 @@ def test_map_usable_after_invalid_arguments(ua_backend):
     with pytest.raises(ValueError):
         ua.map(square, range(3), chunksize=0)
     assert list(ua.map(square, range(3))) == [0, 1, 4]
+
+
+def test_map_sends_one_batch_per_worker_until_a_first_result(ua_backend):
+    """The first results wait for one round trip, not for 4 batches per worker to be sent."""
+    consumed: list[int] = []
+
+    def counting():
+        for i in itertools.count():
+            consumed.append(i)
+            yield i
+
+    it = ua_backend.map(square, counting())
+    assert next(it) == 0
+    assert len(consumed) <= ua_backend.workers
+    assert [next(it) for _ in range(5)] == [1, 4, 9, 16, 25]
+    del it

@@ -133,6 +133,8 @@ class _Stream:
         self.batcher = batcher
         self.window = window
         self.max_batches = 4 * workers
+        self.workers = workers
+        self.yielded = False  # a batch came back: the batcher has a measurement
         self.exhausted = False
         self.in_flight = 0  # items submitted and not yet yielded
         self.pending: deque[tuple[Future[Any], int]] = deque()
@@ -141,8 +143,13 @@ class _Stream:
         self.failed = False  # a batch failed in submit (serial): submit no more
 
     def fill(self, on_done: Callable[[Any], object] | None = None) -> None:
-        """Submit batches until the window or the input is exhausted, or one failed."""
-        while not self.exhausted and not self.failed and len(self.pending) < self.max_batches:
+        """Submit batches until the window or the input is exhausted, or one failed.
+
+        Until a first batch has come back, one batch per worker: the first results then
+        wait for one round trip, not for ``4 * workers`` submits (tens of ms on Dask).
+        """
+        limit = self.max_batches if self.yielded else self.workers
+        while not self.exhausted and not self.failed and len(self.pending) < limit:
             room = self.batcher.maximum if self.window is None else self.window - self.in_flight
             if room <= 0:
                 return
@@ -218,6 +225,7 @@ class _Stream:
                 yield value
             raise
         self.batcher.observe(batch)
+        self.yielded = True
         for value in batch:
             self.in_flight -= 1
             yield value
