@@ -23,7 +23,8 @@ from .data_report import print_data
 from .measure import log
 from .report import Section, machine_info, print_section, print_summary, write_json
 
-BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "data", "unidist", "memory")
+BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "data", "unidist", "memory",
+              "streaming")
 BACKENDS = ("serial", "local", "dask", "ray")
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -162,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import memory
 
         section("memory", lambda: memory.run(args.backends, sizes.memory_items))
+    if "streaming" in args.only:
+        from . import streaming  # its own fresh processes, 6 workers (benchmarks/streaming.py)
+
+        for key, make, show in streaming.parts(args.backends, args.quick):
+            section(key, make, show)
     wall = time.monotonic() - start
     if engine_errors:
         print("\nnot started: " + "; ".join(f"{b}: {e}" for b, e in engine_errors.items()))
