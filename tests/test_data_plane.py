@@ -315,3 +315,45 @@ def test_unpicklable_large_value_is_named_at_submit(ua_backend, what):
         else:
             ua_backend.submit(identity, value)
     assert ua_backend.submit(identity, 3).result() == 3  # still usable
+
+
+def _load_refused(pid: int) -> str:
+    if os.getpid() == pid:
+        raise RuntimeError("this value does not load in the caller")
+    return "loaded"
+
+
+class RefusesCaller:
+    """Pickles anywhere, but does not unpickle in the process ``pid`` (the caller)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (_load_refused, (self.pid,))
+
+
+def make_refusing(pid: int, n: int) -> dict[str, object]:
+    return {"arr": make(n), "refuses": RefusesCaller(pid)}
+
+
+@pytest.mark.parametrize("n", [SMALL, 2 * BIG], ids=["small", "large"])
+def test_a_result_the_caller_cannot_load_is_a_serialization_error(ua_backend, n):
+    future = ua_backend.submit(make_refusing, os.getpid(), n)
+    with pytest.raises(ua.errors.SerializationError, match="does not load in the caller"):
+        future.result()
+    with pytest.raises(ua.errors.SerializationError):  # the same error again, not a hang
+        future.result()
+    assert ua_backend.submit(identity, 5).result() == 5  # still usable
+
+
+def test_results_load_after_their_executor_shut_down(ua_backend):
+    """Finished futures keep their values after shutdown, as in concurrent.futures."""
+    ex = ua.Executor(ua_backend.backend, workers=ua_backend.workers)
+    large, small = ex.submit(make, 2 * BIG, 3.0), ex.submit(make, SMALL)
+    ua.wait([large, small])
+    ex.shutdown()
+    value = large.result()
+    assert value.flags.writeable
+    np.testing.assert_array_equal(value, make(2 * BIG, 3.0))
+    np.testing.assert_array_equal(small.result(), make(SMALL))
