@@ -56,7 +56,7 @@ class LocalBackend(Backend):
         self._broken = False  # set when a worker died; the pool is replaced on next submit
         self._closed = False  # shut down: a task whose worker died is not sent again
         self._functions = FunctionCache()
-        self._ready: queue.SimpleQueue[tuple[Future[Any], _Packed] | None] | None = None
+        self._ready: queue.SimpleQueue[tuple[Future[Any], _Pickled] | None] | None = None
         self._store: Store | None = None  # shared-memory files (created on first need)
         self._no_store = False  # no folder could be made: everything goes through the pipe
         self._lost: pools.LostResults | None = None
@@ -168,7 +168,7 @@ class LocalBackend(Backend):
         self._functions.clear()
 
     # -- sending a call ------------------------------------------------------------------
-    def _pack(self, task: Task) -> _Packed:
+    def _pack(self, task: Task) -> _Pickled:
         """Pickle the call in the caller, at submit (errors name the culprit here).
 
         Input futures become placeholders (:func:`~unidist_api.backends.base.prepare_native`),
@@ -182,23 +182,23 @@ class LocalBackend(Backend):
         if isinstance(packed, Packed):
             shared = None if store is None else self._share(store, packed, held)
             payload = packed.detached() if shared is None else shared
-        return _Packed(task, fn_data, payload, inputs, held)
+        return _Pickled(task, fn_data, payload, inputs, held)
 
-    def _dispatch(self, future: Future[Any], packed: _Packed, *, fresh: bool = False) -> None:
-        """Hand a packed call to the pool, with its input futures' values (now done).
+    def _dispatch(self, future: Future[Any], call: _Pickled, *, fresh: bool = False) -> None:
+        """Hand a pickled call to the pool, with its input futures' values (now done).
 
         ``fresh``: called from ``submit``, before anyone else has the future (so it cannot
         have been cancelled): the checks for a cancelled one are skipped.
         """
-        held = packed.held
+        held = call.held
         if not fresh and future.done():
             self._release(held)
             return
-        task = packed.task
+        task = call.task
         inputs: bytes | Packed | str | None = None
         try:
-            if packed.inputs:
-                values = tuple(self._worker_value(held, dep) for dep in packed.inputs)
+            if call.inputs:
+                values = tuple(self._worker_value(held, dep) for dep in call.inputs)
                 inputs = pack_for_workers(values)
                 store = self._store
                 if isinstance(inputs, Packed) and store is not None:
@@ -209,10 +209,10 @@ class LocalBackend(Backend):
             return
         options = task.options
         stuck = None if options.timeout is None else self._stuck.path()
-        call = Call(task.fn, (packed.fn_data, packed.payload, task.mode, options.retries,
+        sent = Call(task.fn, (call.fn_data, call.payload, task.mode, options.retries,
                               options.retry_on, options.timeout, stuck, inputs),
                     held, stuck, options.timeout)
-        self._send(future, call)
+        self._send(future, sent)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             self._stopped_at_exit = True
             pools.stop_at_exit(self)
@@ -356,7 +356,7 @@ class LocalBackend(Backend):
             future.set_exception(pool_failure(exc, call))
 
     # -- tasks waiting for their inputs --------------------------------------------------
-    def _defer(self, future: Future[Any], call: _Packed, pending: list[Future[Any]]) -> None:
+    def _defer(self, future: Future[Any], call: _Pickled, pending: list[Future[Any]]) -> None:
         """Send ``call`` from the dispatcher thread once its input futures are done."""
         count = [len(pending)]
         lock = threading.Lock()
@@ -379,7 +379,7 @@ class LocalBackend(Backend):
         for dep in pending:
             dep.add_done_callback(on_input_done)
 
-    def _get_ready_queue(self) -> queue.SimpleQueue[tuple[Future[Any], _Packed] | None]:
+    def _get_ready_queue(self) -> queue.SimpleQueue[tuple[Future[Any], _Pickled] | None]:
         with self._lock:
             if self._ready is None:
                 self._ready = queue.SimpleQueue()
@@ -387,7 +387,7 @@ class LocalBackend(Backend):
                                  name="unidist-api-local-dispatch").start()
             return self._ready
 
-    def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], _Packed] | None]) -> None:
+    def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], _Pickled] | None]) -> None:
         while (item := ready.get()) is not None:
             future, call = item
             try:
@@ -397,7 +397,7 @@ class LocalBackend(Backend):
                     future.set_exception(exc)
 
 
-class _Packed:
+class _Pickled:
     """A task as pickled at submit: its function, its arguments (placeholders where input
     futures go) and the shared files they hold, until it is sent to the pool."""
 
