@@ -379,3 +379,25 @@ def test_map_sends_one_batch_per_worker_until_a_first_result(ua_backend):
     assert len(consumed) <= ua_backend.workers
     assert [next(it) for _ in range(5)] == [1, 4, 9, 16, 25]
     del it
+
+
+def _consumption(n: int, size: int, consumed: list[int]):
+    for i in range(n):
+        consumed.append(i)
+        yield bytes(size - 8) + i.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("size", [10_000, 2 * 2**20], ids=["10kB", "2MiB"])
+def test_map_holds_no_more_than_its_memory_budget(ua_backend, size):
+    """Items read and not yet yielded stay within memory_budget (counted, no clock);
+    an item larger than the whole budget still goes through, alone."""
+    budget = 2**20
+    consumed: list[int] = []
+    held: list[int] = []
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
+                     memory_budget=budget) as ex:
+        for done, length in enumerate(ex.map(len, _consumption(200, size, consumed)), 1):
+            assert length == size
+            held.append(len(consumed) - done)
+    assert len(consumed) == 200
+    assert max(held) <= max(1, budget // size) + 1

@@ -21,6 +21,7 @@ from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
 from .runner import Runner
+from .sizes import packed_size
 from .task import TaskOptions, unwrap
 from .worker import EACH, EACH_STAR, Batch
 
@@ -135,6 +136,11 @@ class _Stream:
         self.max_batches = 4 * workers
         self.workers = workers
         self.yielded = False  # a batch came back: the batcher has a measurement
+        self.budget = runner.memory_budget
+        self.held = 0.0  # bytes of the items submitted and not yet yielded, with results
+        self.item_bytes = 0.0  # per item, as measured on each batch's first item
+        self.result_bytes = 0.0  # per result, likewise, once results come back
+        self.bytes_of: dict[Future[Any], float] = {}  # per item of each pending batch
         self.exhausted = False
         self.in_flight = 0  # items submitted and not yet yielded
         self.pending: deque[tuple[Future[Any], int]] = deque()
@@ -154,14 +160,26 @@ class _Stream:
             if room <= 0:
                 return
             size = self.batcher.next_size(room)
+            per_item = self.item_bytes + self.result_bytes
+            if per_item > 0:  # the memory budget: one batch always goes, however large
+                if self.pending and self.held + per_item > self.budget:
+                    return  # wait for results to be yielded
+                share = min(self.budget - self.held, self.budget / (2 * self.workers))
+                size = max(1, min(size, int(share // per_item)))
             items = list(itertools.islice(self.source, size))
             if len(items) < size:
                 self.exhausted = True
             if not items:
                 return
+            measured = packed_size(items[0])
+            self.item_bytes = measured if not self.item_bytes else max(
+                measured, 0.5 * (self.item_bytes + measured))
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
             future = self.runner.submit(task)
+            per_item = self.item_bytes + self.result_bytes
+            self.bytes_of[future] = per_item
+            self.held += per_item * len(items)
             if future._state == cf._base.FINISHED:  # run in submit (serial); no engine call
                 self.failed = future.known_exception() is not None  # fail fast: stop here
                 if self.deadline is not None and time.monotonic() > self.deadline:
@@ -217,17 +235,24 @@ class _Stream:
 
     def _values(self, future: Future[Any]) -> Iterator[Any]:
         """A finished batch's values; on failure, those before the failing item, then the error."""
+        per_item = self.bytes_of.pop(future, 0.0)
         try:
             batch = future.result()
         except BaseException:
             for value in future.partial or ():
                 self.in_flight -= 1
+                self.held -= per_item
                 yield value
             raise
         self.batcher.observe(batch)
         self.yielded = True
+        if batch:
+            measured = packed_size(batch[0])
+            self.result_bytes = measured if not self.result_bytes else max(
+                measured, 0.5 * (self.result_bytes + measured))
         for value in batch:
             self.in_flight -= 1
+            self.held -= per_item
             yield value
 
 

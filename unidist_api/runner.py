@@ -31,6 +31,11 @@ class Runner:
         """How many tasks can run at once (sizes the default buffers)."""
         return self.backend.workers
 
+    @property
+    def memory_budget(self) -> int:
+        """Bytes ``map`` and ``pipeline`` may hold in the caller (the ``memory_budget`` option)."""
+        return self.backend.memory_budget
+
     def check_open(self) -> None:
         if self.closed:
             raise ExecutorShutdownError(

@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..futures import Future
 from ..serialization import FunctionCache, dumps_value, loads, pack_arguments, pack_value, task_name
+from ..sizes import DEFAULT_BUDGET
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, Input, Outcome, failure_details
 
@@ -65,6 +66,11 @@ class Task:
     report_failure: bool = False
 
 
+#: Options every backend accepts: ``memory_budget`` (bytes; default 64 MiB), what ``map``
+#: and ``pipeline`` may hold in the caller: input read and not yet yielded, results waiting.
+COMMON_OPTIONS = frozenset({"memory_budget"})
+
+
 class Backend(ABC):
     """Base class of backends; subclasses live in one module each under ``backends/``."""
 
@@ -86,13 +92,16 @@ class Backend(ABC):
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
                  options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - self.option_names)
+        unknown = sorted(set(options) - self.option_names - COMMON_OPTIONS)
         if unknown:
-            accepted = ", ".join(sorted(self.option_names)) or "none"
+            accepted = ", ".join(sorted(self.option_names | COMMON_OPTIONS))
             raise InvalidOptionError(
                 f"unknown option(s) {', '.join(unknown)} for backend {self.name!r}; "
                 f"it accepts: {accepted}"
             )
+        #: bytes ``map`` and ``pipeline`` may hold in the caller (docs/semantics.md)
+        self.memory_budget = int(positive_option(self.name, options, "memory_budget",
+                                                 DEFAULT_BUDGET, integer=True))
         self.address = address
         self.initializer = initializer
         self.initargs = initargs
@@ -179,6 +188,8 @@ def positive_option(backend: str, options: Mapping[str, Any], name: str, default
     if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
             or value <= 0):
         wanted = "a positive integer" if integer else "a positive number of seconds"
+        if name == "memory_budget":
+            wanted = "a positive number of bytes (an int, e.g. 256 * 2**20)"
         raise InvalidOptionError(f"the {backend} option {name} must be {wanted}, got {value!r}")
     return float(value)
 
