@@ -171,9 +171,7 @@ class _Stream:
                 self.exhausted = True
             if not items:
                 return
-            measured = packed_size(items[0])
-            self.item_bytes = measured if not self.item_bytes else max(
-                measured, 0.5 * (self.item_bytes + measured))
+            self.item_bytes = _estimate(self.item_bytes, packed_size(items[0]))
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
             future = self.runner.submit(task)
@@ -247,9 +245,7 @@ class _Stream:
         self.batcher.observe(batch)
         self.yielded = True
         if batch:
-            measured = packed_size(batch[0])
-            self.result_bytes = measured if not self.result_bytes else max(
-                measured, 0.5 * (self.result_bytes + measured))
+            self.result_bytes = _estimate(self.result_bytes, packed_size(batch[0]))
         for value in batch:
             self.in_flight -= 1
             self.held -= per_item
@@ -257,6 +253,11 @@ class _Stream:
 
 
 _LATE = "map: the next result was not ready within timeout"
+
+
+def _estimate(old: float, measured: int) -> float:
+    """Bytes per item: up at once to a larger measurement, down only halfway to a smaller."""
+    return measured if not old else max(measured, 0.5 * (old + measured))
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -12,6 +12,7 @@ args[0]]``, which is how ``map`` and ``pipeline`` send many tiny items in one ta
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
@@ -129,14 +130,8 @@ def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int
     ``on_stuck`` (with a ``timeout``): called when an attempt cannot be interrupted
     (stuck in one C call); the local backend's ends the worker process.
     """
-
-    def load_args() -> tuple[Any, Any]:
-        args, kwargs = load_input(payload)
-        if inputs is not None:
-            values = load_input(inputs)
-            args, kwargs = _fill(args, values), _fill(kwargs, values)
-        return args, kwargs
-
+    load_args = _arguments(payload, None if inputs is None else functools.partial(load_input,
+                                                                                  inputs))
     try:
         value = execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
@@ -161,14 +156,8 @@ def run_native(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
     the task's own exception, carrying the traceback text and a batch's partial results
     for the caller (:func:`failure_details`).
     """
-
-    def load_args() -> tuple[Any, Any]:
-        args, kwargs = load_input(payload)
-        if inputs:
-            values = [load_input(data) for data in inputs]
-            args, kwargs = _fill(args, values), _fill(kwargs, values)
-        return args, kwargs
-
+    load_args = _arguments(payload, (lambda: [load_input(data) for data in inputs]) if inputs
+                           else None)
     try:
         return execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
@@ -186,6 +175,21 @@ class Input:
 
     def __reduce__(self) -> tuple[type[Input], tuple[int]]:
         return (Input, (self.index,))
+
+
+def _arguments(payload: bytes | Packed, load_values: Callable[[], Sequence[Any]] | None
+               ) -> Callable[[], tuple[Any, Any]]:
+    """What loads one attempt's ``(args, kwargs)``: unpacked afresh (large buffers
+    read-only), :class:`Input` placeholders filled with the input futures' values."""
+
+    def load() -> tuple[Any, Any]:
+        args, kwargs = load_input(payload)
+        if load_values is not None:
+            values = load_values()
+            args, kwargs = _fill(args, values), _fill(kwargs, values)
+        return args, kwargs
+
+    return load
 
 
 def _fill(obj: Any, values: Sequence[Any]) -> Any:
