@@ -216,8 +216,9 @@ class LocalBackend(Backend):
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             self._stopped_at_exit = True
             pools.stop_at_exit(self)
-        if not fresh and future.cancelled():
-            future.handle.cancel()
+        handle = future.handle  # None if it finished already
+        if not fresh and future.cancelled() and handle is not None:
+            handle.cancel()
 
     def _worker_value(self, held: list[str], dep: Future[Any]) -> Any:
         """What replaces an input future in a call sent to a worker."""
@@ -286,6 +287,8 @@ class LocalBackend(Backend):
                     return
         self._unfinished.discard(future)
         self._release(call.held)
+        future.handle = None  # loky's future holds this callback, which holds `future`: a
+        # cycle that would keep the call and its result until the cyclic collector runs
         if handle.cancelled():
             future.cancel()
         elif exc is None:
