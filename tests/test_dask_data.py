@@ -68,6 +68,30 @@ def test_a_plain_packed_would_be_copied_in_band_at_protocol_4():
     assert len(frames) == 1 and len(frames[0]) > arr.nbytes  # the buffer went into the pickle
 
 
+def test_large_pickled_arguments_are_a_frame_of_their_own():
+    # a task's arguments pickled into plain bytes (no large buffers): as a Blob, Dask's
+    # task pickle carries them out of band, so neither the client nor the scheduler (in
+    # this process when embedded) copies them into another pickle
+    payload = os.urandom(dask_data.BLOB_SIZE)
+    wire = dask_data.for_graph(payload)
+    assert isinstance(wire, dask_data.Blob)
+    assert dask_data.for_graph(payload[:100]) == payload[:100]  # small ones stay bytes
+    _, frames = serialize(wire, on_error="raise", serializers=["pickle"])
+    assert len(frames) == 2 and len(frames[0]) < 1000
+    assert np.shares_memory(np.frombuffer(frames[1], dtype=np.uint8),
+                            np.frombuffer(payload, dtype=np.uint8))
+    back = deserialize(*serialize(wire, on_error="raise", serializers=["pickle"]))
+    assert bytes(back.data) == payload
+
+
+@ONLY_DASK
+def test_tasks_read_large_pickled_arguments_in_place(ua_backend):
+    items = [os.urandom(1000) for _ in range(300)]  # ~300 kB pickled: a Blob
+    assert ua_backend.submit(len, b"".join(items)).result() == 300_000
+    assert list(ua_backend.map(len, items, chunksize=300)) == [1000] * 300
+    assert ua_backend.submit(sorted, items).result() == sorted(items)
+
+
 def test_received_frames_are_loaded_without_a_copy():
     arr, data = packed()
     header, frames = serialize(data, on_error="raise")

@@ -62,7 +62,7 @@ from ..base import Backend, Task, packed_value, positive_option, prepare_native
 from .cluster import EmbeddedCluster, embedded_resources
 from .complete import Completion
 from .connect import DEFAULT_CONNECT_TIMEOUT, connect
-from .data import FAILED, Result, gather, pack_put
+from .data import FAILED, Result, for_graph, gather, pack_put
 from .errors import scatter_error
 from .resources import Offers, describe_resources, resource_request
 from .timeouts import StuckTasks
@@ -126,6 +126,7 @@ class DaskBackend(Backend):
         fn_data, payload, inputs = prepare_native(task, self._functions)
         if isinstance(payload, Packed):  # Dask pickles arguments later, on its event loop:
             payload = payload.detached()  # a snapshot now, as every other argument is
+        wire = for_graph(payload)
         client = self._get_client()
         options = task.options
         key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"
@@ -136,7 +137,7 @@ class DaskBackend(Backend):
             completion.unfinished[key] = future
         try:
             handle = client.submit(
-                run, fn_data, payload, task.mode, options.retries, _retry_on(options),
+                run, fn_data, wire, task.mode, options.retries, _retry_on(options),
                 options.timeout, *[self._input(dep) for dep in inputs], key=key, pure=False,
                 resources=None if options is DEFAULT_OPTIONS else resource_request(options),
             )

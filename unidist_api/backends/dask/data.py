@@ -50,7 +50,7 @@ from ...serialization import pack_value
 from ...worker import unpicklable_result
 from .errors import engine_error
 
-__all__ = ["DaskPacked", "Wire", "pack_result", "pack_put", "load", "Result", "gather",
+__all__ = ["DaskPacked", "Blob", "for_graph", "Wire", "pack_result", "pack_put", "load", "Result", "gather",
            "FAILED"]
 
 Wire: TypeAlias = "bytes | Packed"
@@ -94,6 +94,37 @@ def _sizeof(value: DaskPacked) -> int:
 dask_serialize.register(DaskPacked)(_serialize)
 dask_deserialize.register(DaskPacked)(_deserialize)
 sizeof.register(DaskPacked)(_sizeof)  # Dask's memory accounting: the bytes it holds
+
+
+class Blob:
+    """A task's large pickled arguments, which Dask moves as one frame of their own.
+
+    Dask pickles a task (with protocol 5 and out-of-band buffers) on its way to the
+    scheduler, which runs in this process when the cluster is embedded, and again on
+    its way to the worker. Plain ``bytes`` would be copied into that pickle each time,
+    and the scheduler would unpickle a copy it keeps until the task is released; a
+    ``PickleBuffer`` becomes a frame instead, which the scheduler holds as received.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[type[Blob], tuple[Any, ...]]:
+        if protocol >= 5:
+            return (Blob, (PickleBuffer(self.data),))
+        return (Blob, (bytes(self.data),))
+
+
+BLOB_SIZE = 64 * 1024  # bytes: arguments pickled larger than this travel as a Blob
+
+
+def for_graph(payload: bytes | Packed) -> bytes | Packed | Blob:
+    """The arguments as they go in Dask's task graph (large ones as their own frame)."""
+    if isinstance(payload, bytes) and len(payload) >= BLOB_SIZE:
+        return Blob(payload)
+    return payload
 
 
 def _for_dask(data: bytes | Packed) -> bytes | Packed:

@@ -29,18 +29,20 @@ from collections.abc import Callable
 from distributed import Worker, WorkerPlugin, get_worker
 
 from ...worker import load_function, run_initializer, run_native, timeout_message
-from .data import Wire, pack_result
+from .data import Blob, Wire, pack_result
 
 __all__ = ["run", "exit_worker", "Initializer", "QuietTaskFailures", "STUCK_TOPIC"]
 
 STUCK_TOPIC = "unidist-api-stuck-task"  # workers report there a timed-out task they cannot stop
 
 
-def run(fn_data: bytes, payload: Wire, mode: int, retries: int,
+def run(fn_data: bytes, payload: Wire | Blob, mode: int, retries: int,
         retry_on: tuple[type[BaseException], ...], timeout: float | None,
         *inputs: Wire) -> Wire:
     """Run one task on a Dask worker; its value is packed here (large buffers as frames)."""
     on_stuck = None if timeout is None else stuck_reporter(fn_data, timeout)
+    if type(payload) is Blob:  # large arguments, in a frame of their own: read in place
+        payload = payload.data
     try:
         value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, timeout=timeout,
                            on_stuck=on_stuck)
