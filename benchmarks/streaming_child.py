@@ -27,6 +27,7 @@ import itertools
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -64,6 +65,7 @@ class Sampler:
         self.rss = _rss_reader()
         self.kernel = _reset_high_water()
         self.baseline = self.peak = self.sampled = self.rss()
+        self.shared_base = self.shared_peak = _shared()  # pages of shared memory mapped here
         self.guard = guard_mb * MiB
         self.over = threading.Event()
         self._stop = threading.Event()
@@ -75,6 +77,7 @@ class Sampler:
 
     def _note(self) -> None:
         self.sampled = max(self.sampled, self.rss())
+        self.shared_peak = max(self.shared_peak, _shared())
         self.peak = max(self.peak, self.sampled)
         if self.peak - self.baseline > self.guard:
             self.over.set()
@@ -99,6 +102,20 @@ def _reset_high_water() -> bool:
         return _high_water() > 0
     except OSError:
         return False
+
+
+def _shared() -> int:
+    """Bytes of shared memory (``RssShmem``: /dev/shm, an object store) this process maps
+    and has touched (Linux; 0 elsewhere). Part of its RSS, but not its own: Ray's driver
+    counts there each page of the object store it ever wrote or read."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _high_water() -> int:
@@ -158,6 +175,8 @@ def measure_memory(backend: str, case: str, quick: bool) -> dict[str, Any]:
     import unidist_api as ua
 
     n = CASES[case][1 if quick else 0]
+    if backend == "raw-ray":
+        return _measure_raw_ray(case, n)
     ex = ua.Executor(backend, workers=MEMORY_WORKERS)
     try:
         _warm(ex)
@@ -174,7 +193,64 @@ def measure_memory(backend: str, case: str, quick: bool) -> dict[str, Any]:
             "peak_mb": sampler.peak / MiB, "sampled_peak_mb": sampler.sampled / MiB,
             "kernel_peak": sampler.kernel,
             "growth_mb": (sampler.peak - sampler.baseline) / MiB, "seconds": seconds,
+            "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
             "workers": ex.workers}
+
+
+RAW_WINDOW = 12  # batches in flight in the raw Ray reference: 2 x workers
+RAW_BATCH = 64 * MiB // (2 * MEMORY_WORKERS)  # bytes per batch: our default budget's share
+
+
+def _measure_raw_ray(case: str, n: int) -> dict[str, Any]:
+    """The same stream on raw Ray, as a user bounding it by hand would write it: batches
+    of our default budget's share (64 MiB / 12), at most 12 in flight (``ray.wait``), so
+    at most 64 MiB of items in flight, as ours. What Ray itself costs the driver."""
+    import ray
+
+    from .streaming_tasks import ray_lens, ray_make
+
+    ray.init(address="local", num_cpus=MEMORY_WORKERS, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        lens, make = ray.remote(ray_lens), ray.remote(ray_make)
+        ray.get([lens.remote([b"x"]) for _ in range(2 * MEMORY_WORKERS)])
+        ray.get([make.remote([i]) for i in range(2 * MEMORY_WORKERS)])
+        gc.collect()
+        with Sampler(GUARD_MB) as sampler:
+            start = time.perf_counter()
+            consumed = _raw_stream(case, n, lens, make, sampler.over)
+            seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return {"backend": "raw-ray", "case": case, "n": n, "consumed": consumed,
+            "stopped_early": consumed < n, "baseline_mb": sampler.baseline / MiB,
+            "peak_mb": sampler.peak / MiB, "sampled_peak_mb": sampler.sampled / MiB,
+            "kernel_peak": sampler.kernel,
+            "growth_mb": (sampler.peak - sampler.baseline) / MiB, "seconds": seconds,
+            "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
+            "workers": MEMORY_WORKERS}
+
+
+def _raw_stream(case: str, n: int, lens: Any, make: Any, stop: threading.Event) -> int:
+    import ray
+
+    per_item = 1000 if case == "small" else MB
+    size = max(1, RAW_BATCH // per_item)
+    source = _inputs(case, n, None if case == "big-out" else stop)
+    pending: deque[Any] = deque()
+    consumed = 0
+    while True:
+        while len(pending) < RAW_WINDOW and not (case == "big-out" and stop.is_set()):
+            batch = list(itertools.islice(source, size))
+            if not batch:
+                break
+            pending.append((make if case == "big-out" else lens).remote(batch))
+        if not pending:
+            return consumed
+        for value in ray.get(pending.popleft()):
+            if case == "big-out" and value[0] != consumed % 256:
+                raise AssertionError(f"wrong result {consumed}")
+            consumed += 1
 
 
 def first_results(ex: Any, repeats: int = FIRST_REPEATS) -> dict[str, Any]:

@@ -44,12 +44,15 @@ def print_memory(section: Section) -> None:
     for backend in backends:
         cells = [backend]
         for case in cases:
-            row = section.row(f"ours {backend}: {case}")
+            row = section.row(f"{'raw Ray' if backend == 'raw-ray' else 'ours ' + backend}: "
+                              f"{case}")
             if row is None or row.value is None:
                 cells.append("FAILED" if row is not None else "-")
                 continue
             at_least = ">=" if "guard" in row.note else ""
-            cells.append(f"{at_least}{row.value:.1f} {_status(section, row)}")
+            shared = _shared_mb(row.note)
+            extra = f" (s {shared:.0f})" if shared >= 1 else ""
+            cells.append(f"{at_least}{row.value:.1f}{extra} {_status(section, row)}".rstrip())
         lines.append(cells)
     _table(["backend", *cases], lines)
     if target is not None:
@@ -60,6 +63,14 @@ def print_memory(section: Section) -> None:
     for note in section.notes:
         print(f"   {note}")
     sys.stdout.flush()
+
+
+def _shared_mb(note: str) -> float:
+    """The shared-pages growth a memory row's note gives (0 if none)."""
+    marker = "shared pages +"
+    if marker not in note:
+        return 0.0
+    return float(note.split(marker, 1)[1].split(" ", 1)[0])
 
 
 def _shape(label: str) -> str:

@@ -35,3 +35,13 @@ def spin(seconds: float, x: int) -> int:
         for _ in range(200):
             pass
     return x
+
+
+def ray_lens(items: list[bytes]) -> list[int]:
+    """The raw Ray reference's task for the input cases: ``len`` of each item of a batch."""
+    return [len(item) for item in items]
+
+
+def ray_make(items: list[int]) -> list[bytes]:
+    """The raw Ray reference's task for the result case: a 1 MB result per item."""
+    return [one_mb(i) for i in items]
