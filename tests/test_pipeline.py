@@ -408,3 +408,30 @@ def test_a_one_worker_stage_is_a_sequential_sink(ua_backend, ua_serial, tmp_path
         range(16), chunksize=chunksize))
     assert got == list(range(16))
     assert path.read_text().split() == [str(x) for x in range(16)]
+
+
+def _recorded(n: int, size: int, consumed: list[int]):
+    for i in range(n):
+        consumed.append(i)
+        yield bytes(size - 8) + i.to_bytes(8, "little")
+
+
+def passthrough(x):
+    return x
+
+
+@pytest.mark.parametrize("size", [10_000, 2 * 2**20], ids=["10kB", "2MiB"])
+def test_pipeline_holds_no_more_than_its_memory_budget(ua_backend, size):
+    """Items read and not yet yielded stay within memory_budget, as in map (counted, no
+    clock); an item larger than the whole budget still goes through, alone."""
+    budget = 2**20
+    consumed: list[int] = []
+    held: list[int] = []
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
+                     memory_budget=budget) as ex:
+        pipe = ex.pipeline(passthrough, ua.stage(len, workers=1))
+        for done, length in enumerate(pipe(_recorded(150, size, consumed)), 1):
+            assert length == size
+            held.append(len(consumed) - done)
+    assert len(consumed) == 150
+    assert max(held) <= max(1, budget // size) + 1

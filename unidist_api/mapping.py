@@ -21,7 +21,7 @@ from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
 from .runner import Runner
-from .sizes import packed_size
+from .sizes import estimate, packed_size
 from .task import TaskOptions, unwrap
 from .worker import EACH, EACH_STAR, Batch
 
@@ -171,7 +171,7 @@ class _Stream:
                 self.exhausted = True
             if not items:
                 return
-            self.item_bytes = _estimate(self.item_bytes, packed_size(items[0]))
+            self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
             future = self.runner.submit(task)
@@ -245,7 +245,7 @@ class _Stream:
         self.batcher.observe(batch)
         self.yielded = True
         if batch:
-            self.result_bytes = _estimate(self.result_bytes, packed_size(batch[0]))
+            self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
         for value in batch:
             self.in_flight -= 1
             self.held -= per_item
@@ -253,11 +253,6 @@ class _Stream:
 
 
 _LATE = "map: the next result was not ready within timeout"
-
-
-def _estimate(old: float, measured: int) -> float:
-    """Bytes per item: up at once to a larger measurement, down only halfway to a smaller."""
-    return measured if not old else max(measured, 0.5 * (old + measured))
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -4,7 +4,10 @@ Items move through the stages in batches. A batch finished by stage ``s`` is han
 to stage ``s+1`` as a *future*, so on Ray and Dask its values go from worker to worker.
 Each stage has its own limit of tasks in flight (``stage(fn, workers=n)``), and the
 number of batches inside the pipeline is bounded, so a slow stage holds back the
-input instead of letting earlier stages pile up results. Outputs come in input order.
+input instead of letting earlier stages pile up results. What is inside is bounded in
+bytes too, as in ``map``: the items read and not yet yielded, at the larger of the
+packed sizes measured on the input and on the outputs, stay within the executor's
+``memory_budget``. Outputs come in input order.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .backends.base import Task
 from .futures import Future
 from .mapping import Batcher, check_positive, progress_bar
 from .runner import Runner
+from .sizes import estimate, packed_size
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
 from .worker import EACH
 
@@ -125,6 +129,10 @@ class _Run:
         self.max_batches = 2 * slots if buffersize is None else max(1, buffersize)
         self.window = buffersize  # items inside the pipeline, at most
         cap = None if buffersize is None else buffersize // (2 * slots)
+        self.slots = slots
+        self.budget = runner.memory_budget
+        self.item_bytes = 0.0  # per input item, measured on each batch's first item
+        self.result_bytes = 0.0  # per output, likewise (intermediate values: the larger)
         self.batchers = [Batcher(chunksize, cap, growth=4) for _ in stages]
         self.bars: list[Any] = []
         #: batches waiting for each stage, as heaps by batch number: the oldest goes first
@@ -164,6 +172,8 @@ class _Run:
                         yield from self._before_failure(emitted, deadline)
                         raise
                     self._learn_overhead(emitted, batch)
+                    if batch:
+                        self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
                     self.inside -= self.sizes.pop(emitted)
                     self.chains.pop(emitted, None)
                     emitted += 1
@@ -221,11 +231,19 @@ class _Run:
                 size = min(size, self.window - self.inside)
                 if size <= 0:
                     return
+            per_item = max(self.item_bytes, self.result_bytes)
+            if per_item > 0:  # the memory budget: one batch always goes, however large
+                held = self.inside * per_item
+                if self.inside and held + per_item > self.budget:
+                    return  # wait for outputs to be yielded
+                share = min(self.budget - held, self.budget / (2 * self.slots))
+                size = max(1, min(size, int(share // per_item)))
             items = list(itertools.islice(self.source, size))
             if len(items) < size:
                 self.exhausted = True
             if not items:
                 return
+            self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
             heapq.heappush(self.waiting[0], (self.taken, items))
             self.sizes[self.taken] = len(items)
             self.inside += len(items)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .data import Packed, pack
 
-__all__ = ["DEFAULT_BUDGET", "packed_size"]
+__all__ = ["DEFAULT_BUDGET", "estimate", "packed_size"]
 
 DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes: the memory_budget an executor has by default
 
@@ -34,3 +34,8 @@ def packed_size(value: Any) -> int:
             return 0
         return packed.nbytes if isinstance(packed, Packed) else len(packed)
     return len(header) + sum(buffers)
+
+
+def estimate(old: float, measured: int) -> float:
+    """Bytes per item: up at once to a larger measurement, down only halfway to a smaller."""
+    return measured if not old else max(measured, 0.5 * (old + measured))

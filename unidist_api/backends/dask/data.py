@@ -50,8 +50,8 @@ from ...serialization import pack_value
 from ...worker import unpicklable_result
 from .errors import engine_error
 
-__all__ = ["DaskPacked", "Blob", "for_graph", "Wire", "pack_result", "pack_put", "load", "Result", "gather",
-           "FAILED"]
+__all__ = ["DaskPacked", "Blob", "for_graph", "Wire", "pack_result", "pack_put", "load",
+           "Result", "gather", "FAILED"]
 
 Wire: TypeAlias = "bytes | Packed"
 """A packed value as it travels: one pickle, or a pickle and its large buffers."""

@@ -41,11 +41,11 @@ def run(fn_data: bytes, payload: Wire | Blob, mode: int, retries: int,
         *inputs: Wire) -> Wire:
     """Run one task on a Dask worker; its value is packed here (large buffers as frames)."""
     on_stuck = None if timeout is None else stuck_reporter(fn_data, timeout)
-    if type(payload) is Blob:  # large arguments, in a frame of their own: read in place
-        payload = payload.data
+    # large arguments come in a frame of their own (a Blob): pickle reads the view as is
+    arguments = payload.data if isinstance(payload, Blob) else payload
     try:
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs, timeout=timeout,
-                           on_stuck=on_stuck)
+        value = run_native(fn_data, arguments, mode, retries, retry_on, *inputs,
+                           timeout=timeout, on_stuck=on_stuck)
     except BaseException as exc:
         # run_native raises from inside its handler, so the exception's __context__ leads
         # back to itself; Dask pickles contexts (tblib) and would recurse forever.
