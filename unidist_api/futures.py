@@ -127,6 +127,17 @@ class Future(cf.Future[T], Generic[T]):
                     raise err from exc
             return self._result
 
+    def take_result(self) -> Any:
+        """``result()``, for a future nobody else holds (a batch of ``map`` or ``pipeline``):
+        the packed form is not kept beside the value, which would hold each result twice."""
+        value = self.result()
+        self._packed = None
+        return value
+
+    def unloaded(self) -> bool:
+        """Finished with a value still to be loaded (on Ray and Dask: still on the cluster)."""
+        return self.done() and type(self._result) is _Serialized
+
     def serialized_result(self) -> bytes | Packed | None:
         """For backends: the result's packed form if not unpacked yet, else None.
 

@@ -79,14 +79,15 @@ class Batcher:
 
         ``overhead`` is what the caller measured of it so far (0 until it knows: the
         overhead then counts as work, which errs towards smaller batches; they only grow
-        while tasks stay shorter than ``target``). A task that already lasted ``target``
-        never makes batches grow.
+        while tasks stay shorter than ``target``). A task whose work, so estimated,
+        already lasted ``target`` never makes batches grow.
         """
         if self.fixed is not None or items <= 0:
             return
         size = self.size
-        self.record(max(seconds - overhead, 0.0), items)
-        if seconds >= self.target:
+        work = max(seconds - overhead, 0.0)
+        self.record(work, items)
+        if work >= self.target:
             self.size = min(self.size, size)
 
     def next_size(self, room: int) -> int:
@@ -178,7 +179,8 @@ class _Stream:
             per_item = self.item_bytes + self.result_bytes
             self.bytes_of[future] = per_item
             self.held += per_item * len(items)
-            if future._state == cf._base.FINISHED:  # run in submit (serial); no engine call
+            ran = future._state == cf._base.FINISHED  # run in submit (serial): no engine
+            if ran:
                 self.failed = future.known_exception() is not None  # fail fast: stop here
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     self.late.add(future)
@@ -186,6 +188,8 @@ class _Stream:
             self.in_flight += len(items)
             if on_done is not None:
                 future.add_done_callback(on_done)
+            if ran:  # running ahead gains nothing there and holds one more batch of results
+                return
 
     def cancel(self) -> None:
         for future, _ in self.pending:
@@ -200,8 +204,9 @@ class _Stream:
                     return
                 future, _ = self.pending.popleft()
                 self._wait(future, deadline)
-                self.runner.load_ready([future, *(f for f, _ in self.pending)])
+                self.runner.load_ready(future, (f for f, _ in self.pending))
                 yield from self._values(future)
+                del future  # its results go now, not after the next batch has run
         finally:
             self.cancel()
 
@@ -218,8 +223,9 @@ class _Stream:
                     raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
                 self._wait(future, deadline)
-                self.runner.load_ready([future, *(f for f, _ in self.pending)])
+                self.runner.load_ready(future, (f for f, _ in self.pending))
                 yield from self._values(future)
+                del future
         finally:
             self.cancel()
 
@@ -235,7 +241,7 @@ class _Stream:
         """A finished batch's values; on failure, those before the failing item, then the error."""
         per_item = self.bytes_of.pop(future, 0.0)
         try:
-            batch = future.result()
+            batch = future.take_result()
         except BaseException:
             for value in future.partial or ():
                 self.in_flight -= 1

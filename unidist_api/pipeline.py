@@ -165,7 +165,7 @@ class _Run:
                 self._launch()
                 if emitted in self.outputs:
                     future = self.outputs.pop(emitted)
-                    self.runner.load_ready([future, *self.outputs.values()])
+                    self.runner.load_ready(future, self.outputs.values())
                     try:
                         batch = future.result()
                     except BaseException:  # a failure only loading tells (ray)
@@ -198,7 +198,7 @@ class _Run:
         if latency is None or not elapsed:
             return
         overhead = max(0.0, latency - elapsed)
-        self.overhead = overhead if not self.measured else min(self.overhead, overhead)
+        self.overhead = overhead if not self.measured else 0.7 * self.overhead + 0.3 * overhead
         self.measured = True
 
     def _before_failure(self, number: int, deadline: float | None) -> Iterator[Any]:

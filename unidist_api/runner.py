@@ -52,14 +52,17 @@ class Runner:
         self.check_open()
         return self.backend.submit(task)
 
-    def load_ready(self, futures: Iterable[Future[Any]]) -> None:
-        """Load the values of the finished ``futures`` in one engine call (``Backend.fetch``).
+    def load_ready(self, needed: Future[Any], others: Iterable[Future[Any]]) -> None:
+        """Before ``needed`` is read: load it with the finished ``others``, in one engine
+        call (``Backend.fetch``).
 
         On Ray and Dask a value is fetched on its first ``result()``, one round trip each;
-        when several tasks have finished, one bulk fetch serves them all.
+        when several tasks have finished, one bulk fetch serves them all. Nothing is
+        fetched while ``needed`` is in hand already (loaded by an earlier bulk fetch): a
+        round trip then would only delay a value that is here.
         """
         backend = self.backend
-        if backend.fetches:
-            done = [future for future in futures if future.done()]
+        if backend.fetches and needed.unloaded():
+            done = [needed, *(future for future in others if future.unloaded())]
             if len(done) > 1:
                 backend.fetch(done, None)
