@@ -237,3 +237,16 @@ def test_a_result_the_caller_cannot_load_fails_its_future_in_a_gather(ua_backend
     with pytest.raises(ua.errors.SerializationError, match="could not be deserialized"):
         ua_backend.gather([good, bad])
     assert np.array_equal(good.result(), make(2 * BIG))
+
+
+@ONLY_DASK
+def test_the_embedded_scheduler_runs_in_a_process_of_its_own(ua_backend):
+    # in the caller's process it held every task's arguments and shared the caller's GIL
+    # (backends/dask/scheduler.py); it still ends with the caller (test_shutdown.py)
+    client = ua_backend.put(1).handle.client
+    scheduler_pid = client.run_on_scheduler(os.getpid)
+    assert scheduler_pid != os.getpid()
+    assert os.getppid() != scheduler_pid
+    import psutil
+
+    assert psutil.Process(scheduler_pid).ppid() == os.getpid()

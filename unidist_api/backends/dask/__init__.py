@@ -1,7 +1,8 @@
-"""``dask``: tasks run on Dask distributed, in an embedded ``LocalCluster`` or a running cluster.
+"""``dask``: tasks run on Dask distributed, in an embedded local cluster or a running cluster.
 
-Without an address, the first task (or ``put``) starts a ``LocalCluster`` of ``workers``
-worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard. With
+Without an address, the first task (or ``put``) starts a local cluster of ``workers``
+worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard, as
+Dask's ``LocalCluster`` would, but with its scheduler in a process of its own. With
 ``address="tcp://host:8786"`` (or, when ours is unset, Dask's own ``scheduler-address``
 setting, e.g. ``DASK_SCHEDULER_ADDRESS``) a client connects to that scheduler, which we never
 stop; an unreachable one, or one where no Dask scheduler answers, raises
@@ -26,6 +27,7 @@ How the contract maps onto Dask, one module each:
 - :mod:`.resources`: task resource options as Dask worker resources.
 - :mod:`.connect`: reaching a running scheduler within a bounded time.
 - :mod:`.cluster`: the embedded cluster: shared, healed, started without ``__main__``.
+- :mod:`.scheduler`: its scheduler, in a process of its own that ends with the caller.
 """
 
 from .backend import DaskBackend

@@ -1,5 +1,9 @@
 # mypy: disallow-untyped-calls=False
-"""The embedded Dask cluster: a ``LocalCluster`` on 127.0.0.1 that we start, share and stop.
+"""The embedded Dask cluster: a local cluster on 127.0.0.1 that we start, share and stop.
+
+It is what Dask's ``LocalCluster`` builds (a ``SpecCluster`` of nannies, each starting
+one worker process), except that its scheduler runs in a process of its own
+(:mod:`.scheduler` says why).
 
 Executors without an initializer share an embedded cluster of the same shape (workers,
 threads), counted by users: starting one costs seconds; the last to let go stops it. An
@@ -28,10 +32,11 @@ import multiprocessing.spawn
 import threading
 from typing import Any, ClassVar
 
-from distributed import LocalCluster
+from distributed import Nanny, SpecCluster
 from distributed.system import MEMORY_LIMIT
 
 from ..base import LOST_WORKER_RETRIES
+from .scheduler import SchedulerProcess
 
 __all__ = ["EmbeddedCluster", "embedded_resources", "HEAL_EVERY"]
 
@@ -50,13 +55,16 @@ class EmbeddedCluster:
         self.users = 0
         self.workers = workers
         _keep_main_out_of_workers()
-        self.cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-            dashboard_address=None, memory_limit=int(self.resources["MEMORY"]),
-            resources=self.resources, silence_logs=logging.WARNING,
-            # the scheduler's HTTP endpoints (health, metrics) would take port 8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0",
-                              "allowed_failures": LOST_WORKER_RETRIES},
+        worker = {"cls": Nanny, "options": {
+            "nthreads": threads, "host": "127.0.0.1", "dashboard": False,
+            "dashboard_address": None, "memory_limit": int(self.resources["MEMORY"]),
+            "resources": self.resources, "silence_logs": logging.WARNING,
+        }}
+        self.cluster = SpecCluster(  # what LocalCluster builds, the scheduler outside
+            scheduler={"cls": SchedulerProcess,
+                       "options": {"allowed_failures": LOST_WORKER_RETRIES}},
+            workers={i: worker for i in range(workers)}, worker=worker,
+            silence_logs=logging.WARNING,
         )
         self.healed = 0  # nannies started again after Dask closed them
         self._stop = threading.Event()
