@@ -204,7 +204,7 @@ class _Stream:
                     return
                 future, _ = self.pending.popleft()
                 self._wait(future, deadline)
-                self.runner.load_ready(future, (f for f, _ in self.pending))
+                self.runner.load_ready(future, self._along())
                 yield from self._values(future)
                 del future  # its results go now, not after the next batch has run
         finally:
@@ -223,11 +223,21 @@ class _Stream:
                     raise TimeoutError(_LATE) from None
                 self.pending = deque(entry for entry in self.pending if entry[0] is not future)
                 self._wait(future, deadline)
-                self.runner.load_ready(future, (f for f, _ in self.pending))
+                self.runner.load_ready(future, self._along())
                 yield from self._values(future)
                 del future
         finally:
             self.cancel()
+
+    def _along(self) -> Iterator[Future[Any]]:
+        """The pending batches a bulk fetch may bring along: results of a quarter of the
+        budget at most, since a fetch holds what it received and what it loaded at once."""
+        room = self.budget / 4
+        for future, items in self.pending:
+            room -= items * self.result_bytes
+            if room < 0:
+                return
+            yield future
 
     def _wait(self, future: Future[Any], deadline: float | None) -> None:
         """Wait for ``future`` until the deadline; TimeoutError if it is not done by then."""
