@@ -435,3 +435,31 @@ def test_pipeline_holds_no_more_than_its_memory_budget(ua_backend, size):
             held.append(len(consumed) - done)
     assert len(consumed) == 150
     assert max(held) <= max(1, budget // size) + 1
+
+
+def two_mib(i):
+    return bytes(2 * 2**20 - 8) + i.to_bytes(8, "little")
+
+
+@pytest.mark.ua_exclude("dask", reason="Dask's client is not told the size of a task's value")
+def test_pipeline_counts_large_values_between_stages_in_its_budget(ua_backend):
+    """Small input and output, large values between the stages: those count too, as
+    sized by the engine, so the items inside stay within the budget (counted, no clock)."""
+    budget = 8 * 2**20
+    consumed: list[int] = []
+    held: list[int] = []
+
+    def numbers(n):
+        for i in range(n):
+            consumed.append(i)
+            yield i
+
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
+                     memory_budget=budget) as ex:
+        pipe = ex.pipeline(two_mib, len)
+        for done, length in enumerate(pipe(numbers(60)), 1):
+            assert length == 2 * 2**20
+            held.append(len(consumed) - done)
+    assert len(consumed) == 60
+    # until the first value between the stages is measured, the first batches go unsized
+    assert max(held[10:]) <= budget // (2 * 2**20) + 1

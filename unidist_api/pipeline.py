@@ -5,9 +5,10 @@ to stage ``s+1`` as a *future*, so on Ray and Dask its values go from worker to 
 Each stage has its own limit of tasks in flight (``stage(fn, workers=n)``), and the
 number of batches inside the pipeline is bounded, so a slow stage holds back the
 input instead of letting earlier stages pile up results. What is inside is bounded in
-bytes too, as in ``map``: the items read and not yet yielded, at the larger of the
-packed sizes measured on the input and on the outputs, stay within the executor's
-``memory_budget``. Outputs come in input order.
+bytes too, as in ``map``: the items read and not yet yielded, at the largest of the
+packed sizes measured on the input, on the outputs and (where the engine tells them: Ray)
+on the values between stages, stay within the executor's ``memory_budget``. Outputs
+come in input order.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ class _Run:
     A batch is read from the input when fewer than ``max_batches`` batches (and, with
     ``buffersize``, fewer than that many items) are inside; it then moves stage to
     stage as a future. Each stage has a :class:`~unidist_api.mapping.Batcher` fed with
-    its tasks' submit-to-completion times (the workers' own timings stay with the
-    values, on the cluster), less the engine's overhead: the least difference seen
-    between a final batch's latency and the worker's own time for it. The next batch
+    the worker's own time for each batch where the engine tells it without the value
+    (Ray's status return), else with its tasks' submit-to-completion times less the
+    engine's overhead: a moving average of the difference between a final batch's
+    latency and the worker's own time for it. The next batch
     takes the smallest size any of them asks for, so the slowest stage's tasks last
     about ``Batcher.target``.
     """
@@ -132,7 +134,8 @@ class _Run:
         self.slots = slots
         self.budget = runner.memory_budget
         self.item_bytes = 0.0  # per input item, measured on each batch's first item
-        self.result_bytes = 0.0  # per output, likewise (intermediate values: the larger)
+        self.result_bytes = 0.0  # per output, likewise
+        self.middle_bytes = 0.0  # per intermediate value, where the engine tells its size
         self.batchers = [Batcher(chunksize, cap, growth=4) for _ in stages]
         self.bars: list[Any] = []
         #: batches waiting for each stage, as heaps by batch number: the oldest goes first
@@ -231,7 +234,7 @@ class _Run:
                 size = min(size, self.window - self.inside)
                 if size <= 0:
                     return
-            per_item = max(self.item_bytes, self.result_bytes)
+            per_item = max(self.item_bytes, self.result_bytes, self.middle_bytes)
             if per_item > 0:  # the memory budget: one batch always goes, however large
                 held = self.inside * per_item
                 if self.inside and held + per_item > self.budget:
@@ -267,8 +270,10 @@ class _Run:
                 if self.failure is not None and number > self.failure[0]:
                     continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
-                future = self.runner.submit(
-                    Task(stage.fn, (batch,), {}, stage.options, EACH, deps)
+                middle = index + 1 < len(self.stages)  # its value stays on the workers:
+                future = self.runner.submit(  # what its engine can tell of it, it tells
+                    Task(stage.fn, (batch,), {}, stage.options, EACH, deps,
+                         report_failure=middle)
                 )
                 self.running[index] += 1
                 self.futures[future] = number
@@ -301,7 +306,12 @@ class _Run:
         if self.failure is not None and number > self.failure[0]:
             return
         size = self.sizes[number]
-        self.batchers[index].record_latency(finished_at - started, size, self.overhead)
+        if future.work is not None:  # the worker's own time (Ray tells)
+            self.batchers[index].record(future.work, size)
+        else:
+            self.batchers[index].record_latency(finished_at - started, size, self.overhead)
+        if future.nbytes is not None and index + 1 < len(self.stages):
+            self.middle_bytes = estimate(self.middle_bytes, future.nbytes // size)
         if index + 1 == len(self.stages):
             self.latency[number] = finished_at - started
         if self.bars:

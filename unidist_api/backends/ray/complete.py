@@ -148,7 +148,9 @@ class Completer:
         if error is None and status is not None:
             future._status = None  # type: ignore[attr-defined]
             try:
-                ray.get(status, timeout=10)  # tiny, and ready: raises if the task failed
+                facts = ray.get(status, timeout=10)  # tiny, ready: raises if the task failed
+                if type(facts) is tuple:
+                    future.work, future.nbytes = facts
             except rex.RayTaskError as err:
                 failure = task_error(err, future.handle)
             except rex.RayError as err:  # not the task's own failure (a lost worker)

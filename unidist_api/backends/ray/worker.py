@@ -41,11 +41,12 @@ Wire = bytes | Packed | InStore  # what a task returns to Ray (.data)
 SPECS_MAX = 256  # task specs (function, options, mode) cached, in the caller and per worker
 
 
-def _run_task(*args: Any) -> Wire | tuple[bytes, Wire]:
+def _run_task(*args: Any) -> Wire | tuple[tuple[float | None, int], Wire]:
     """The one remote function: initializer, then the task, then its packed value.
 
-    A task asked to report failures (``status`` in its spec) returns an empty status
-    value before it: the caller learns of a failure from that one, without the value.
+    A task asked to report failures (``status`` in its spec) returns a tiny status
+    value before it: the caller learns of a failure from that one, without the value,
+    and of a success what :func:`_facts` says (the worker's own time, the value's size).
 
     ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
     checks the fastest at each call).
@@ -71,7 +72,17 @@ def _run_task(*args: Any) -> Wire | tuple[bytes, Wire]:
         data = returned(value)
     except Exception as exc:
         raise TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
-    return (b"", data) if status else data
+    return (_facts(value, data), data) if status else data
+
+
+def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
+    """A finished task's status: its batch's own time (None for a single call) and the
+    packed value's size, in bytes; what a pipeline learns of a stage it does not load."""
+    if isinstance(data, Packed):
+        size = data.nbytes
+    else:
+        size = len(data.data if isinstance(data, InStore) else data)
+    return getattr(value, "elapsed", None), size
 
 
 _Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None", bool]
