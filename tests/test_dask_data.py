@@ -250,3 +250,15 @@ def test_the_embedded_scheduler_runs_in_a_process_of_its_own(ua_backend):
     import psutil
 
     assert psutil.Process(scheduler_pid).ppid() == os.getpid()
+
+
+def _stdout_is_stderr():
+    return os.path.samestat(os.fstat(1), os.fstat(2))
+
+
+@ONLY_DASK
+def test_what_the_scheduler_prints_never_fills_a_pipe(ua_backend):
+    # its stdout was a pipe we read its address from and nobody reads later: a print of
+    # more than the pipe holds (code run on the scheduler) would block it for good
+    client = ua_backend.put(1).handle.client
+    assert client.run_on_scheduler(_stdout_is_stderr)

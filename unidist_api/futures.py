@@ -75,8 +75,8 @@ class Future(cf.Future[T], Generic[T]):
         #: its engine tells: the worker's own time for a batch, in seconds (Ray, for
         #: tasks that report failures), and the packed value's size, in bytes (Ray so,
         #: serial, local; Dask's client is not told).
-        self.work: float | None = None
-        self.nbytes: int | None = None
+        self._work: float | None = None
+        self._nbytes: int | None = None
         #: A loaded result's packed form, kept (as an object store keeps the value) so
         #: that tasks given this future see the value as the task returned it, whatever
         #: the caller did to its own copy.

@@ -306,12 +306,12 @@ class _Run:
         if self.failure is not None and number > self.failure[0]:
             return
         size = self.sizes[number]
-        if future.work is not None:  # the worker's own time (Ray tells)
-            self.batchers[index].record(future.work, size)
+        if future._work is not None:  # the worker's own time (Ray tells)
+            self.batchers[index].record(future._work, size)
         else:
             self.batchers[index].record_latency(finished_at - started, size, self.overhead)
-        if future.nbytes is not None and index + 1 < len(self.stages):
-            self.middle_bytes = estimate(self.middle_bytes, future.nbytes // size)
+        if future._nbytes is not None and index + 1 < len(self.stages):
+            self.middle_bytes = estimate(self.middle_bytes, future._nbytes // size)
         if index + 1 == len(self.stages):
             self.latency[number] = finished_at - started
         if self.bars:

@@ -230,7 +230,7 @@ def complete(future: Future[Any], outcome: Outcome) -> None:
     status, data, tb = outcome
     try:
         if status == OK:
-            future.nbytes = data.nbytes if isinstance(data, Packed) else len(data)
+            future._nbytes = data.nbytes if isinstance(data, Packed) else len(data)
             future.set_serialized_result(data, load_result)
         else:
             exc, future.partial = loads(data)  # type: ignore[arg-type]  # errors: bytes

@@ -76,6 +76,8 @@ async def _serve(parent: int, allowed_failures: int) -> None:
                           dashboard_address="127.0.0.1:0", allowed_failures=allowed_failures)
     await scheduler
     print(scheduler.address, flush=True)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from now on:
+    # anything printed later (code run on the scheduler) goes where its warnings go
     try:
         while os.getppid() == parent and scheduler.status not in (Status.closing,
                                                                     Status.closed):

@@ -312,7 +312,7 @@ class LocalBackend(Backend):
                 future.set_exception(exc)
             return
         future._packed = mapped  # what serialized_result() gives: read-only, shared
-        future.nbytes = mapped.nbytes
+        future._nbytes = mapped.nbytes
         try:
             future.set_serialized_result(mapped, load_mapped)
         except cf.InvalidStateError:  # cancelled meanwhile: the file goes with `mapped`

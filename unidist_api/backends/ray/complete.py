@@ -150,7 +150,7 @@ class Completer:
             try:
                 facts = ray.get(status, timeout=10)  # tiny, ready: raises if the task failed
                 if type(facts) is tuple:
-                    future.work, future.nbytes = facts
+                    future._work, future._nbytes = facts
             except rex.RayTaskError as err:
                 failure = task_error(err, future.handle)
             except rex.RayError as err:  # not the task's own failure (a lost worker)
