@@ -108,22 +108,20 @@ def _shared() -> int:
     """Bytes of shared memory (``RssShmem``: /dev/shm, an object store) this process maps
     and has touched (Linux; 0 elsewhere). Part of its RSS, but not its own: Ray's driver
     counts there each page of the object store it ever wrote or read."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("RssShmem:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status_bytes("RssShmem:")
 
 
 def _high_water() -> int:
     """The kernel's peak RSS of this process since the last reset, in bytes (0: unknown)."""
+    return _status_bytes("VmHWM:")
+
+
+def _status_bytes(field: str) -> int:
+    """A size from ``/proc/self/status`` (given there in kB), in bytes; 0 if not there."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
