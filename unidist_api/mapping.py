@@ -21,7 +21,7 @@ from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
 from .runner import Runner
-from .sizes import estimate, packed_size
+from .sizes import batch_within, estimate, packed_size
 from .task import TaskOptions, unwrap
 from .worker import EACH, EACH_STAR, Batch
 
@@ -161,12 +161,10 @@ class _Stream:
             if room <= 0:
                 return
             size = self.batcher.next_size(room)
-            per_item = self.item_bytes + self.result_bytes
-            if per_item > 0:  # the memory budget: one batch always goes, however large
-                if self.pending and self.held + per_item > self.budget:
-                    return  # wait for results to be yielded
-                share = min(self.budget - self.held, self.budget / (2 * self.workers))
-                size = max(1, min(size, int(share // per_item)))
+            size = batch_within(size, self.held, self.item_bytes + self.result_bytes,
+                                self.budget, self.workers, alone=not self.pending)
+            if size == 0:
+                return  # the memory budget is full: wait for results to be yielded
             items = list(itertools.islice(self.source, size))
             if len(items) < size:
                 self.exhausted = True

@@ -27,7 +27,7 @@ from .backends.base import Task
 from .futures import Future
 from .mapping import Batcher, check_positive, progress_bar
 from .runner import Runner
-from .sizes import estimate, packed_size
+from .sizes import batch_within, estimate, packed_size
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
 from .worker import EACH
 
@@ -235,12 +235,10 @@ class _Run:
                 if size <= 0:
                     return
             per_item = max(self.item_bytes, self.result_bytes, self.middle_bytes)
-            if per_item > 0:  # the memory budget: one batch always goes, however large
-                held = self.inside * per_item
-                if self.inside and held + per_item > self.budget:
-                    return  # wait for outputs to be yielded
-                share = min(self.budget - held, self.budget / (2 * self.slots))
-                size = max(1, min(size, int(share // per_item)))
+            size = batch_within(size, self.inside * per_item, per_item, self.budget,
+                                self.slots, alone=not self.inside)
+            if size == 0:
+                return  # the memory budget is full: wait for outputs to be yielded
             items = list(itertools.islice(self.source, size))
             if len(items) < size:
                 self.exhausted = True

@@ -13,7 +13,7 @@ from typing import Any
 
 from .data import Packed, pack
 
-__all__ = ["DEFAULT_BUDGET", "estimate", "packed_size"]
+__all__ = ["DEFAULT_BUDGET", "batch_within", "estimate", "packed_size"]
 
 DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes: the memory_budget an executor has by default
 
@@ -39,3 +39,17 @@ def packed_size(value: Any) -> int:
 def estimate(old: float, measured: int) -> float:
     """Bytes per item: up at once to a larger measurement, down only halfway to a smaller."""
     return measured if not old else max(measured, 0.5 * (old + measured))
+
+
+def batch_within(size: int, held: float, per_item: float, budget: int, shares: int, *,
+                 alone: bool) -> int:
+    """How many of ``size`` items the next batch may take: at most ``budget / (2 x
+    shares)`` bytes and what ``budget`` has left over ``held``, at ``per_item`` bytes
+    each; 0 to wait for results to be yielded. ``alone``: nothing is held, so one item
+    goes whatever its size. With nothing measured yet (``per_item`` 0), all of ``size``."""
+    if per_item <= 0:
+        return size
+    if not alone and held + per_item > budget:
+        return 0
+    share = min(budget - held, budget / (2 * shares))
+    return max(1, min(size, int(share // per_item)))
