@@ -348,10 +348,14 @@ def test_map_non_integer_buffersize_raises_type_error(ua_backend):
     assert src.pulled == 0
 
 
-def test_map_without_iterables_raises_type_error(ua_backend):
-    # as the builtin map(fn)
-    with pytest.raises(TypeError, match="(?i)iterable|argument"):
-        ua.map(square)
+def test_map_without_iterables_is_empty_as_executor_map(ua_backend):
+    # as concurrent.futures.Executor.map(fn) (zip() of no iterables), not the builtin map
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(1) as stdlib:
+        expected = list(stdlib.map(square))
+    assert list(ua.map(square)) == expected == []
+    assert list(ua_backend.map(square)) == expected
 
 
 def test_executor_map_invalid_buffersize_raises_at_call(ua_backend):

@@ -39,16 +39,25 @@ class Executor(cf.Executor):
     """Runs tasks on one backend; drop-in for ``concurrent.futures.ProcessPoolExecutor``.
 
     ``Executor(backend=None, address=None, workers=None, *, initializer=None,
-    initargs=(), **backend_options)``; ``max_workers=`` is a synonym of ``workers=``.
+    initargs=(), **backend_options)``; ``max_workers=`` is a synonym of ``workers=``,
+    and an int as the first argument is ``max_workers`` (``Executor(4)``, as
+    ``ProcessPoolExecutor(4)``).
     Unset arguments come from the configuration (``use``, ``configure``, environment,
     config file). ``initializer(*initargs)`` runs once in every worker process before
     its first task. The backend starts on first use.
     """
 
-    def __init__(self, backend: str | None = None, address: str | None = None,
+    def __init__(self, backend: str | int | None = None, address: str | None = None,
                  workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = (), max_workers: int | None = None,
                  **backend_options: Any) -> None:
+        if isinstance(backend, int) and not isinstance(backend, bool):
+            if max_workers is not None and max_workers != backend:
+                raise TypeError(
+                    f"Executor({backend!r}, max_workers={max_workers!r}): a first argument "
+                    "that is an int is max_workers; pass it once"
+                )
+            backend, max_workers = None, backend
         if max_workers is not None:
             if workers is not None and workers != max_workers:
                 raise TypeError(

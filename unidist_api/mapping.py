@@ -99,8 +99,6 @@ def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterab
                  *, timeout: float | None, chunksize: int | None, buffersize: int | None,
                  ordered: bool, progress: bool) -> Iterator[Any]:
     """Validate now (errors at the call, not at the first ``next``), then stream."""
-    if not iterables:
-        raise TypeError("map() must have at least one iterable")
     fn, options = unwrap(fn)
     check_positive("chunksize", chunksize)
     check_positive("buffersize", buffersize)
