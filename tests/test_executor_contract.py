@@ -9,11 +9,8 @@ a run. Written from the documentation and CPython's own tests, sharing no code.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import gc
 import multiprocessing
 import os
-import time
-import weakref
 
 import pytest
 

@@ -51,7 +51,7 @@ class Executor(cf.Executor):
                  workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = (), max_workers: int | None = None,
                  **backend_options: Any) -> None:
-        if isinstance(backend, int) and not isinstance(backend, bool):
+        if isinstance(backend, int):  # a bool too: check_workers refuses it by name
             if max_workers is not None and max_workers != backend:
                 raise TypeError(
                     f"Executor({backend!r}, max_workers={max_workers!r}): a first argument "
