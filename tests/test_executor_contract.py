@@ -9,8 +9,11 @@ a run. Written from the documentation and CPython's own tests, sharing no code.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import multiprocessing
 import os
+import time
+import weakref
 
 import pytest
 
@@ -51,3 +54,244 @@ def test_positional_int_is_max_workers(ua_backend):
         cf.ProcessPoolExecutor(2, max_workers=3)  # the stdlib refuses both forms at once
     with pytest.raises(TypeError, match="max_workers"):
         ua.Executor(2, max_workers=3)
+
+
+def own(ua_backend: ua.Executor, workers: int = 2) -> ua.Executor:
+    """A new executor of the backend under test (sharing its engine), to shut down."""
+    return ua.Executor(ua_backend.backend, workers=workers)
+
+
+def paths_in(tmp_path, name: str, n: int) -> list[str]:
+    folder = tmp_path / name
+    folder.mkdir()
+    return [str(folder / str(i)) for i in range(n)]
+
+
+class Value:
+    """A result that takes weak references."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def make_value(x):
+    return Value(x)
+
+
+class Holder:
+    def method(self, x):
+        return x + 1
+
+
+def sleep_then(x, delay):
+    time.sleep(delay)
+    return x
+
+
+def add_one(x):
+    return x + 1
+
+
+# --------------------------------------------------------------------------- map
+def test_unconsumed_map_runs_every_item_before_shutdown_returns(ua_backend, tmp_path):
+    """The stdlib's map submits every item at the call; one left unconsumed still runs."""
+    theirs, mine = paths_in(tmp_path, "stdlib", 10), paths_in(tmp_path, "ours", 10)
+    with stdlib_pool() as stdlib:
+        stdlib.map(touch, theirs)
+    with own(ua_backend) as ex:
+        ex.map(touch, mine)
+    assert ran(mine) == ran(theirs) == [str(i) for i in range(10)]
+
+
+def test_map_with_buffersize_submits_its_window_at_the_call(ua_backend, tmp_path):
+    """Python 3.14's map(buffersize=n) submits n items at the call and no more until the
+    results are consumed (3.11 has no buffersize: the expectation is plain Python's)."""
+    mine = paths_in(tmp_path, "ours", 10)
+    with own(ua_backend) as ex:
+        results = ex.map(touch, mine, buffersize=3)
+        deadline = time.monotonic() + 60
+        while len(ran(mine)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = ran(mine)
+    assert first == ran(mine) == sorted(os.path.basename(p) for p in mine[:3])
+    del results
+
+
+def test_map_made_before_shutdown_without_wait_still_yields_everything(ua_backend):
+    with stdlib_pool() as stdlib:
+        theirs = stdlib.map(square, range(30))
+        stdlib.shutdown(wait=False)
+        expected = list(theirs)
+    ex = own(ua_backend)
+    mine = ex.map(square, range(30))
+    ex.shutdown(wait=False)
+    assert list(mine) == expected == [square(i) for i in range(30)]
+    with pytest.raises(RuntimeError):  # the stdlib's own error after shutdown
+        ex.submit(square, 1)
+
+
+def test_endless_map_is_stopped_by_cancel_futures(ua_backend):
+    import itertools
+    import threading
+
+    ex = own(ua_backend)
+    results = ex.map(sleep_then, itertools.count(), itertools.repeat(0.01))
+    assert next(results) == 0
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    stopper.join(120)
+    assert not stopper.is_alive(), "shutdown(cancel_futures=True) did not stop an endless map"
+    # as the stdlib's map whose futures were cancelled: the iterator raises CancelledError
+    # (or yields a few finished values first)
+    with pytest.raises(cf.CancelledError):
+        for _ in range(10_000):
+            next(results)
+
+
+def test_map_iterator_holds_no_result_it_has_yielded(ua_backend):
+    def alive_after_yield(executor):
+        results = executor.map(make_value, range(20))
+        refs = [weakref.ref(next(results)) for _ in range(10)]
+        gc.collect()
+        alive = sum(ref() is not None for ref in refs)
+        list(results)
+        return alive
+
+    with stdlib_pool() as stdlib:
+        expected = alive_after_yield(stdlib)
+    assert alive_after_yield(ua_backend) == expected == 0
+
+
+def test_map_timeout_cancels_the_call_it_waited_on(ua_backend, tmp_path):
+    """CPython gh-95166: the item the iterator timed out on is cancelled, not left to run."""
+    if ua_backend.backend == "serial":
+        pytest.skip("serial runs each task inside submit: nothing is left to cancel")
+
+    def scenario(executor, paths):
+        # more than the pool has workers and takes ahead: the map's items wait behind them
+        blockers = [executor.submit(sleep_then, i, 0.7) for i in range(6)]
+        results = executor.map(touch, paths, timeout=0.3)
+        with pytest.raises(TimeoutError):
+            next(results)
+        cf.wait(blockers)
+        time.sleep(0.5)
+        return ran(paths)
+
+    with stdlib_pool() as stdlib:
+        theirs = scenario(stdlib, paths_in(tmp_path, "stdlib", 4))
+    with own(ua_backend) as ex:
+        mine = scenario(ex, paths_in(tmp_path, "ours", 4))
+    assert mine == theirs == []
+
+
+def test_map_chunksize_and_several_iterables_as_the_stdlib(ua_backend):
+    with stdlib_pool() as stdlib:
+        expected = list(stdlib.map(pow, range(20), [2] * 15, chunksize=4))
+    assert list(ua_backend.map(pow, range(20), [2] * 15, chunksize=4)) == expected
+
+
+# --------------------------------------------------------------------------- submit, futures
+def test_submit_keeps_no_reference_to_the_callable(ua_backend):
+    def survives(executor):
+        holder = Holder()
+        ref = weakref.ref(holder)
+        assert executor.submit(holder.method, 1).result() == 2
+        del holder
+        gc.collect()
+        return ref() is not None
+
+    with stdlib_pool() as stdlib:
+        expected = survives(stdlib)
+    assert survives(ua_backend) is expected is False
+
+
+def test_done_callbacks_and_stdlib_waiting_functions(ua_backend):
+    def observe(executor):
+        seen = []
+        futures = [executor.submit(add_one, i) for i in range(6)]
+        for future in futures:
+            future.add_done_callback(lambda f: seen.append(f.result()))
+        done, not_done = cf.wait(futures, timeout=120)
+        completed = sorted(f.result() for f in cf.as_completed(futures, timeout=120))
+        late = []
+        futures[0].add_done_callback(lambda f: late.append(f.result()))  # runs at once
+        deadline = time.monotonic() + 30
+        while len(seen) < 6 and time.monotonic() < deadline:  # callbacks may run in
+            time.sleep(0.01)  # the engine's thread just after wait() returns
+        return len(done), len(not_done), completed, sorted(seen), late
+
+    with stdlib_pool() as stdlib:
+        expected = observe(stdlib)
+    assert observe(ua_backend) == expected == (6, 0, list(range(1, 7)), list(range(1, 7)), [1])
+
+
+# --------------------------------------------------------------------------- shutdown
+def test_shutdown_wait_cancel_futures_and_context_manager(ua_backend):
+    def scenario(executor):
+        with executor:
+            first = executor.submit(add_one, 1)
+            assert first.result(timeout=120) == 2
+        with pytest.raises(RuntimeError):
+            executor.submit(add_one, 1)
+        executor.shutdown()  # again: a no-op
+        return first.done()
+
+    with stdlib_pool() as stdlib:
+        expected = scenario(stdlib)
+    assert scenario(own(ua_backend)) is expected is True
+
+
+def test_deleted_executor_still_completes_its_futures(ua_backend):
+    def scenario(make):
+        executor = make()
+        futures = [executor.submit(add_one, i) for i in range(4)]
+        del executor
+        gc.collect()
+        return [f.result(timeout=120) for f in futures]
+
+    expected = scenario(stdlib_pool)
+    got = scenario(lambda: own(ua_backend))
+    assert got == expected == [1, 2, 3, 4]
+
+
+EXIT_PROGRAM = """
+import concurrent.futures as cf, multiprocessing, os, sys, time
+import unidist_api as ua
+
+def write(path, delay):
+    time.sleep(delay)
+    with open(path, "w") as f:
+        f.write("done")
+
+if __name__ == "__main__":
+    out, kind, ending = sys.argv[1], sys.argv[2], sys.argv[3]
+    if kind == "stdlib":
+        ex = cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        ex = ua.Executor(kind, workers=2)
+    futures = [ex.submit(write, os.path.join(out, f"submit-{i}"), 1.0) for i in range(2)]
+    results = ex.map(write, [os.path.join(out, f"map-{i}") for i in range(4)], [0.5] * 4)
+    if ending == "nowait":
+        ex.shutdown(wait=False)
+"""
+
+
+@pytest.mark.parametrize("ending", ["open", "nowait"])
+def test_interpreter_exit_waits_for_pending_work(ua_backend, tmp_path, ending):
+    """A program that submits work and ends (leaving its executor open, or after
+    shutdown(wait=False)) gets that work done, as with the stdlib."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "program.py"
+    script.write_text(EXIT_PROGRAM)
+    outcome = {}
+    for kind in ("stdlib", ua_backend.backend):
+        out = tmp_path / kind
+        out.mkdir()
+        done = subprocess.run([sys.executable, str(script), str(out), kind, ending],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outcome[kind] = sorted(os.listdir(out))
+    assert outcome[ua_backend.backend] == outcome["stdlib"] == sorted(
+        [f"map-{i}" for i in range(4)] + [f"submit-{i}" for i in range(2)])

@@ -205,9 +205,9 @@ def counting_submits(monkeypatch, executor):
     sizes = []
     submit = executor._runner.submit
 
-    def counted(task):
+    def counted(task, *stream):
         sizes.append(len(task.args[0]))
-        return submit(task)
+        return submit(task, *stream)
 
     monkeypatch.setattr(executor._runner, "submit", counted)
     return sizes

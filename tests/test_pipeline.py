@@ -267,9 +267,9 @@ def counting_submits(monkeypatch, executor):
     calls = []
     submit = executor._runner.submit
 
-    def counted(task):
+    def counted(task, *stream):
         calls.append(len(task.args[0]) if task.args and isinstance(task.args[0], list) else 1)
-        return submit(task)
+        return submit(task, *stream)
 
     monkeypatch.setattr(executor._runner, "submit", counted)
     return calls

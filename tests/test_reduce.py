@@ -220,9 +220,9 @@ def test_reduce_consumes_a_long_generator_with_bounded_tasks(ua_backend, monkeyp
     submitted = []
     submit = ua_backend._runner.submit
 
-    def counted(task):
+    def counted(task, *stream):
         submitted.append(task)
-        return submit(task)
+        return submit(task, *stream)
 
     monkeypatch.setattr(ua_backend._runner, "submit", counted)
     n = 100_000

@@ -23,13 +23,13 @@ PROGRAM = textwrap.dedent(
         return os.getpid()
 
     def sleep_long(x):
-        time.sleep(60)
+        time.sleep(2)
         return x
 
     pids = set(ua.map(pid, range(40)))
     if ua.current_executor().backend != "serial":  # serial would run them right here
-        futures = [ua.submit(sleep_long, i) for i in range(4)]  # still running at exit
-        stream = ua.map(sleep_long, range(100))                 # a lazy map left unconsumed
+        futures = [ua.submit(sleep_long, i) for i in range(2)]  # exit waits for them,
+        stream = ua.map(sleep_long, range(4))                   # and runs this unconsumed map
         next(iter([stream]))
         time.sleep(0.5)
     print(" ".join(str(p) for p in sorted(pids)), flush=True)

@@ -9,7 +9,6 @@ engine runs the work.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures as cf
 import dataclasses
 import threading
@@ -22,6 +21,7 @@ from .arguments import find_futures
 from .backends.base import Backend, Task
 from .config import Layer, Settings, check_workers, resolve
 from .errors import InvalidOptionError
+from .exit import on_exit
 from .futures import ALL_COMPLETED, Future
 from .mapping import map_iterator
 from .pipeline import Pipeline, Stage
@@ -180,7 +180,7 @@ class Executor(cf.Executor):
             if self._runner.closed:
                 return
             self._runner.closed = True
-        self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._runner.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def gather(futures: Iterable[Future[T]]) -> list[T]:
@@ -232,19 +232,29 @@ def _wait_first_exception(futures: set[Future[T]], timeout: float | None
     return done, not_done
 
 
-# -- nothing we started outlives the interpreter ------------------------------------------
+# -- at interpreter exit, open executors finish their work (unidist_api/exit.py) ----------
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
-_atexit_registered = False
+_hooked = False
 
 
 def _track(executor: Executor) -> None:
-    global _atexit_registered
+    global _hooked
     _live.add(executor)
-    if not _atexit_registered:
-        _atexit_registered = True
-        atexit.register(_shutdown_all)
+    if not _hooked:
+        _hooked = True
+        on_exit(finish=_finish_all)
+
+
+def _finish_all(interrupted: bool = False) -> None:
+    """At exit: shut every executor down, waiting for its work; or (``interrupted``)
+    cancelling what waits, without waiting (the engines' stoppers end the rest)."""
+    for executor in list(_live):
+        executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        executor._runner.at_exit(interrupted)
 
 
 def _shutdown_all() -> None:
+    """Cancel what every executor was given and stop it (the pytest plugin, after a test)."""
     for executor in list(_live):
         executor.shutdown(wait=True, cancel_futures=True)
+        executor._runner.at_exit(True)

@@ -135,9 +135,12 @@ class Future(cf.Future[T], Generic[T]):
 
     def take_result(self) -> Any:
         """``result()``, for a future nobody else holds (a batch of ``map`` or ``pipeline``):
-        the packed form is not kept beside the value, which would hold each result twice."""
+        the packed form is not kept beside the value, which would hold each result twice, and
+        the future keeps no reference to the value (``result()`` returns None after this)."""
         value = self.result()
         self._packed = None
+        with self._condition:
+            self._result = None  # the caller now holds the only reference
         return value
 
     def unloaded(self) -> bool:

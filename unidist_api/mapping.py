@@ -13,12 +13,14 @@ import concurrent.futures as cf
 import itertools
 import queue
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .arguments import find_futures
 from .backends.base import Task
+from .errors import ExecutorShutdownError
 from .futures import Future
 from .runner import Runner
 from .sizes import batch_within, estimate, packed_size
@@ -98,7 +100,7 @@ class Batcher:
 def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
                  *, timeout: float | None, chunksize: int | None, buffersize: int | None,
                  ordered: bool, progress: bool) -> Iterator[Any]:
-    """Validate now (errors at the call, not at the first ``next``), then stream."""
+    """Validate, submit the first window now (as Python 3.14 does), stream the rest."""
     fn, options = unwrap(fn)
     check_positive("chunksize", chunksize)
     check_positive("buffersize", buffersize)
@@ -110,21 +112,30 @@ def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterab
     mode = EACH if len(sources) == 1 else EACH_STAR
     workers = runner.workers
     batcher = Batcher(chunksize, None if buffersize is None else buffersize // (2 * workers))
-    window = buffersize if buffersize is not None else None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    bar = progress_bar(iterables) if progress else None
-    stream = _Stream(runner, fn, options, mode, source, batcher, window, workers)
-    stream.deadline = deadline
-    results = stream.ordered(deadline) if ordered else stream.unordered(deadline)
-    return results if bar is None else _with_bar(results, bar)
+    stream = _Stream(runner, fn, options, mode, source, batcher, buffersize, workers, ordered)
+    stream.deadline = None if timeout is None else time.monotonic() + timeout
+    stream.bar = progress_bar(iterables) if progress else None
+    runner.register(stream)
+    try:
+        stream.fill(at_call=True)
+    except BaseException:
+        stream.finish(cancel=True)
+        raise
+    results = stream.results()
+    stream.watch(results)
+    return results
 
 
 class _Stream:
-    """The submit side of a map: cuts input into batches within the in-flight window."""
+    """One map: cuts input into batches within the in-flight window, yields results.
+
+    Registered with the runner from the call until its iterator ends (or, never
+    consumed, until the runner ran it out at shutdown).
+    """
 
     def __init__(self, runner: Runner, fn: Callable[..., Any], options: TaskOptions,
                  mode: int, source: Iterator[Any], batcher: Batcher, window: int | None,
-                 workers: int) -> None:
+                 workers: int, ordered: bool = True) -> None:
         self.runner = runner
         self.fn = fn
         self.options = options
@@ -146,14 +157,77 @@ class _Stream:
         self.deadline: float | None = None
         self.late: set[Future[Any]] = set()  # finished during submit, after the deadline
         self.failed = False  # a batch failed in submit (serial): submit no more
+        #: completion order (``ordered=False``): each batch's future as it finishes
+        self.finished: queue.SimpleQueue[Future[Any]] | None = (
+            None if ordered else queue.SimpleQueue())
+        self.bar: Any = None
+        self.started = False  # its iterator was advanced
+        self.stopped = False  # submits no more (finished, or its executor shut down)
+        self.cancelled = False  # what it had submitted was cancelled before it was yielded
+        self._iterator: weakref.ref[Iterator[Any]] | None = None
 
-    def fill(self, on_done: Callable[[Any], object] | None = None) -> None:
+    # -- the runner's view (runner.Stream) ---------------------------------------------------
+    def watch(self, results: Iterator[Any]) -> None:
+        """Learn when the caller drops ``results`` without advancing it."""
+        self._iterator = weakref.ref(results, self._dropped)
+
+    def _dropped(self, _: object) -> None:
+        if self.started:
+            return  # its close() runs: results() finishes it
+        if self.window is not None:
+            self.finish(cancel=False)  # as 3.14: what was submitted runs, nothing more
+        else:
+            self.runner.dropped(self)
+
+    def gone(self) -> bool:
+        return self._iterator is not None and self._iterator() is None
+
+    def unconsumed(self) -> bool:
+        return not self.started and self.window is None
+
+    def drain(self) -> None:
+        """Run the rest of the input, results and failures dropped, in bounded memory."""
+        self.started = True
+        self.deadline = None  # the stdlib applies a map's timeout only while iterating
+        self.late.clear()
+        while True:
+            self.failed = False  # every item runs, as with the stdlib's eager map
+            future = self._next_finished()
+            if future is None:
+                return
+            try:
+                for _ in self._values(future):
+                    pass
+            except Exception:
+                pass
+            del future
+
+    def finish(self, cancel: bool) -> None:
+        self.stopped = True
+        if cancel:  # pending batches that had not started now raise CancelledError when
+            self.cancelled = True  # reached, as the stdlib's map; finished ones still yield
+            for future, _ in self.pending:
+                future.cancel()
+        if self.bar is not None:
+            self.bar.close()
+        self.runner.unregister(self)
+
+    # -- submitting ------------------------------------------------------------------------
+    def fill(self, at_call: bool = False) -> None:
         """Submit batches until the window or the input is exhausted, or one failed.
 
         Until a first batch has come back, one batch per worker: the first results then
         wait for one round trip, not for ``4 * workers`` submits (tens of ms on Dask).
+        ``at_call`` with a ``buffersize``: the whole window, as 3.14 submits at the call.
         """
+        if self.stopped:
+            return
+        whole_window = at_call and self.window is not None
         limit = self.max_batches if self.yielded else self.workers
+        if whole_window:
+            limit = self.batcher.maximum
+        finished = self.finished
+        on_done = None if finished is None else (lambda future: finished.put(future))
         while not self.exhausted and not self.failed and len(self.pending) < limit:
             room = self.batcher.maximum if self.window is None else self.window - self.in_flight
             if room <= 0:
@@ -171,7 +245,7 @@ class _Stream:
             self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
             args = (items,)
             task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
-            future = self.runner.submit(task)
+            future = self.runner.submit(task, self)
             per_item = self.item_bytes + self.result_bytes
             self.bytes_of[future] = per_item
             self.held += per_item * len(items)
@@ -184,46 +258,48 @@ class _Stream:
             self.in_flight += len(items)
             if on_done is not None:
                 future.add_done_callback(on_done)
-            if ran:  # running ahead gains nothing there and holds one more batch of results
-                return
+            if ran and not whole_window:  # running ahead gains nothing there and holds
+                return  # one more batch of results
 
-    def cancel(self) -> None:
-        for future, _ in self.pending:
-            future.cancel()
-        self.pending.clear()
-
-    def ordered(self, deadline: float | None) -> Iterator[Any]:
+    # -- yielding --------------------------------------------------------------------------
+    def results(self) -> Iterator[Any]:
+        """The map's iterator: each batch's values in input or completion order."""
+        self.started = True
         try:
             while True:
-                self.fill()
-                if not self.pending:
+                future = self._next_finished()
+                if future is None:
                     return
-                future, _ = self.pending.popleft()
-                self._wait(future, deadline)
                 self.runner.load_ready(future, self._along())
                 yield from self._values(future)
                 del future  # its results go now, not after the next batch has run
         finally:
-            self.cancel()
+            self.finish(cancel=True)
 
-    def unordered(self, deadline: float | None) -> Iterator[Any]:
-        finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    def _next_finished(self) -> Future[Any] | None:
+        """Submit what the window allows, then the next batch to yield, once it is done
+        (None at the end). A batch stays pending until done, so a timeout cancels it."""
+        self.fill()
+        if not self.pending:
+            if self.exhausted or self.failed:
+                return None
+            if self.cancelled:  # shutdown(cancel_futures=True): as the stdlib's map
+                raise cf.CancelledError(_CANCELLED)
+            if self.stopped:
+                raise ExecutorShutdownError(_STOPPED)
+            return None
+        if self.finished is None:
+            future = self.pending[0][0]
+            self._wait(future)
+            self.pending.popleft()
+            return future
         try:
-            while True:
-                self.fill(finished.put)
-                if not self.pending:
-                    return
-                try:
-                    future = finished.get(timeout=_remaining(deadline))
-                except queue.Empty:
-                    raise TimeoutError(_LATE) from None
-                self.pending = deque(entry for entry in self.pending if entry[0] is not future)
-                self._wait(future, deadline)
-                self.runner.load_ready(future, self._along())
-                yield from self._values(future)
-                del future
-        finally:
-            self.cancel()
+            future = self.finished.get(timeout=_remaining(self.deadline))
+        except queue.Empty:
+            raise TimeoutError(_LATE) from None
+        self.pending = deque(entry for entry in self.pending if entry[0] is not future)
+        self._wait(future)
+        return future
 
     def _along(self) -> Iterator[Future[Any]]:
         """The pending batches a bulk fetch may bring along: results of a quarter of the
@@ -235,35 +311,51 @@ class _Stream:
                 return
             yield future
 
-    def _wait(self, future: Future[Any], deadline: float | None) -> None:
+    def _wait(self, future: Future[Any]) -> None:
         """Wait for ``future`` until the deadline; TimeoutError if it is not done by then."""
         if future in self.late:
             raise TimeoutError(_LATE)
-        done, _ = cf.wait([future], _remaining(deadline))
+        done, _ = cf.wait([future], _remaining(self.deadline))
         if not done:
             raise TimeoutError(_LATE)
 
     def _values(self, future: Future[Any]) -> Iterator[Any]:
-        """A finished batch's values; on failure, those before the failing item, then the error."""
+        """A finished batch's values; on failure, those before the failing item, then the error.
+
+        Each value leaves the batch as it is yielded, so the iterator holds no value it
+        has yielded (as the stdlib's, which pops each future).
+        """
         per_item = self.bytes_of.pop(future, 0.0)
         try:
             batch = future.take_result()
         except BaseException:
-            for value in future.partial or ():
-                self.in_flight -= 1
-                self.held -= per_item
-                yield value
+            partial, future.partial = list(future.partial or ()), None
+            partial.reverse()
+            while partial:
+                self._count(per_item)
+                yield partial.pop()
             raise
         self.batcher.observe(batch)
         self.yielded = True
         if batch:
             self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
-        for value in batch:
-            self.in_flight -= 1
-            self.held -= per_item
-            yield value
+        batch.reverse()
+        while batch:
+            self._count(per_item)
+            yield batch.pop()
+
+    def _count(self, per_item: float) -> None:
+        self.in_flight -= 1
+        self.held -= per_item
+        if self.bar is not None:
+            self.bar.update(1)
 
 
+_CANCELLED = ("map: the executor was shut down with cancel_futures=True while this map was "
+              "running; its remaining items were cancelled")
+_STOPPED = ("map: the executor was shut down while this map was running, so the rest of its "
+            "input was not submitted; consume a map before shutdown(wait=True), or use "
+            "shutdown(wait=False), after which maps made before it run to their end")
 _LATE = "map: the next result was not ready within timeout"
 
 
@@ -281,15 +373,3 @@ def progress_bar(iterables: tuple[Iterable[Any], ...], desc: str | None = None,
     sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
     total = min(sizes) if len(sizes) == len(iterables) else None
     return tqdm(total=total, unit="item", desc=desc, position=position)
-
-
-def _with_bar(results: Iterator[Any], bar: Any) -> Iterator[Any]:
-    try:
-        for value in results:
-            bar.update(1)
-            yield value
-    finally:
-        bar.close()
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()

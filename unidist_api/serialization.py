@@ -9,9 +9,11 @@ their large buffers travel out of band; functions, options and errors are plain 
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -234,24 +236,37 @@ def _globals_in(data: bytes, module: str) -> list[str]:
 class FunctionCache:
     """Each task function pickled once per executor, not once per call.
 
-    Keyed by identity; the function is held so its id cannot be reused while cached.
-    Like Ray's remote functions, later changes to globals a ``__main__`` function
-    reads by value are not seen by the workers.
+    Keyed by identity and held weakly, as the stdlib executors hold no task's callable
+    once it ran: a bound method's object is freed when the caller drops it, and the
+    entry goes with the function (so its id cannot be reused while cached). A callable
+    that takes no weak reference is pickled at each call instead. Like Ray's remote
+    functions, later changes to globals a ``__main__`` function reads by value are not
+    seen by the workers.
     """
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._entries: dict[int, tuple[Callable[..., Any], bytes]] = {}
+        self._entries: dict[int, tuple[weakref.ref[Callable[..., Any]], bytes]] = {}
 
     def get(self, fn: Callable[..., Any]) -> bytes:
-        entry = self._entries.get(id(fn))
-        if entry is not None and entry[0] is fn:
+        key = id(fn)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is fn:
             return entry[1]
         data = dumps_function(fn)
+        try:
+            ref = weakref.ref(fn, functools.partial(self._forget, key))
+        except TypeError:  # a builtin, or a callable object without __weakref__
+            return data
         if len(self._entries) >= self._size:
             self._entries.clear()
-        self._entries[id(fn)] = (fn, data)
+        self._entries[key] = (ref, data)
         return data
+
+    def _forget(self, key: int, _: object) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is None:
+            del self._entries[key]
 
     def clear(self) -> None:
         self._entries.clear()

@@ -55,6 +55,7 @@ from distributed import Future as DaskFuture
 
 from ...data import Embedded, Packed
 from ...errors import ExecutorShutdownError
+from ...exit import on_exit
 from ...futures import Future
 from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
@@ -399,7 +400,7 @@ def _track(backend: DaskBackend) -> None:
         _open.add(backend)
         if not _exit_hook:
             _exit_hook = True
-            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
+            on_exit(stop=_close_all)
 
 
 def _untrack(backend: DaskBackend) -> None:

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ...exit import arm, on_exit
 from .worker import start_worker
 
 if TYPE_CHECKING:
@@ -113,20 +114,30 @@ _exit_hook = False
 def stop_at_exit(backend: LocalBackend) -> None:
     """At interpreter exit, cancel queued tasks and stop the workers at once.
 
-    loky's own exit hook waits for every queued task to finish; ours is registered
-    after it with the same mechanism, so it runs first (threading's exit hooks run in
-    reverse order, before non-daemon threads are joined).
+    Executors still open have been shut down with ``wait=True`` by then (unless the
+    program was interrupted: unidist_api/exit.py). loky's own exit hook waits for every
+    queued task to finish; ours is registered after it with the same mechanism, so it
+    runs first (threading's exit hooks run in reverse order).
     """
     global _exit_hook
     _running.add(backend)
     if not _exit_hook:
         _exit_hook = True
-        threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
+        on_exit(finish=_finish_pools, stop=_stop_all)
+    else:
+        arm()  # before the hook of the pool loky has just started
 
 
 def forget(backend: LocalBackend) -> None:
     """``backend`` was shut down: nothing to stop at exit."""
     _running.discard(backend)
+
+
+def _finish_pools(interrupted: bool) -> None:
+    """Pools shut down with ``wait=False`` finish their queued tasks first, as the stdlib's."""
+    if not interrupted:
+        for process in finishing:
+            process.join()
 
 
 def _stop_all() -> None:

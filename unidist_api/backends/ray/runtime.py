@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from ...errors import ExecutorShutdownError, InvalidOptionError
+from ...exit import arm, exit_on_sigterm_at_once
 from ...futures import Future
 from .cancel import CancelBoard
 from .complete import Completer, RayFuture
@@ -227,4 +228,6 @@ def _open(target: str | None, workers: int | None, timeout: float) -> Runtime:
     if not _exit_hook_registered:
         _exit_hook_registered = True
         atexit.register(_at_exit)
+    arm()  # executors finish their work before anything Ray started at exit is stopped
+    exit_on_sigterm_at_once()  # ray.init's SIGTERM handler exits through our exit hook
     return runtime
