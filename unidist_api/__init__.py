@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from . import errors
 from .config import configure
 from .current import current_executor, current_runner, shutdown, use
+from .errors import BrokenExecutorError
 from .executor import Executor, as_completed, gather, wait
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from .pipeline import Pipeline, Stage, stage
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALL_COMPLETED",
+    "BrokenExecutorError",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "Executor",

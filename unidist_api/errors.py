@@ -10,6 +10,8 @@ its ``__cause__`` (a :class:`RemoteTraceback`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 __all__ = [
     "UnidistError",
     "UnknownBackendError",
@@ -19,6 +21,7 @@ __all__ = [
     "SerializationError",
     "ExecutorShutdownError",
     "WorkerLostError",
+    "BrokenExecutorError",
     "TaskTimeoutError",
     "ClusterConnectionError",
     "TaskError",
@@ -56,6 +59,18 @@ class ExecutorShutdownError(UnidistError, RuntimeError):
 
 class WorkerLostError(UnidistError, RuntimeError):
     """A worker process died while running a task, more often than retries allow."""
+
+
+class BrokenExecutorError(UnidistError, cf.BrokenExecutor):
+    """The executor's ``initializer`` failed in a worker, so the executor is broken.
+
+    As a ``concurrent.futures`` pool whose initializer fails: the tasks pending then fail
+    with it (without running), and every later ``submit``, ``map``, ``pipeline``,
+    ``reduce`` or ``put`` raises it at the call; ``shutdown()`` still works. Its
+    ``__cause__`` is the initializer's own exception, whose ``__cause__`` is the
+    :class:`RemoteTraceback` of where it was raised. Fix the initializer and create a new
+    executor.
+    """
 
 
 class TaskTimeoutError(UnidistError, TimeoutError):

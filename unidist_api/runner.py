@@ -64,6 +64,10 @@ class Runner:
         return self.backend.memory_budget
 
     def check_open(self) -> None:
+        """Raise BrokenExecutorError once the initializer failed, ExecutorShutdownError
+        after shutdown (in this order, as ``concurrent.futures``)."""
+        if self.backend.broken is not None:
+            raise self.backend.broken_error()
         if self.closed:
             raise ExecutorShutdownError(
                 f"this {self.backend.name!r} executor has been shut down; create a new "

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import timeouts
 from .data import Packed, load_input, pack
-from .errors import SerializationError, TaskError, TaskTimeoutError
+from .errors import RemoteTraceback, SerializationError, TaskError, TaskTimeoutError
 from .nested import replace_instances
 from .serialization import dumps, loads, task_name, unloadable
 
@@ -317,9 +317,56 @@ def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) ->
 
 
 def run_initializer(data: bytes) -> None:
-    """Run the user's ``initializer(*initargs)``, shipped as one pickle."""
-    initializer, initargs = loads(data)
-    share_globals(initializer)(*initargs)
+    """Run the user's ``initializer(*initargs)``, shipped as one pickle.
+
+    Raises :class:`InitializerFailed` when it raises (or cannot be loaded here).
+    """
+    try:
+        initializer, initargs = loads(data)
+        share_globals(initializer)(*initargs)
+    except (Exception, SystemExit) as exc:
+        failed = InitializerFailed.of(exc)
+    else:
+        return
+    raise failed  # outside the handler: no __context__ (Dask would pickle it along)
+
+
+class InitializerFailed(Exception):
+    """The executor's initializer raised on a worker: the signal that breaks the executor.
+
+    It carries what the caller needs through any engine: the initializer's exception,
+    pickled here (one that cannot travel becomes :class:`TaskError`), its traceback text,
+    and ``token``, the executor's, where the engine needs to say whose it is (ray). The
+    backend that receives it calls ``Backend.break_executor``. Its ``str`` is the traceback,
+    kept short (Dask rebuilds an exception with a longer message, losing its arguments).
+    """
+
+    def __init__(self, data: bytes, tb: str, token: str = "") -> None:
+        super().__init__(data, tb, token)
+        self.data, self.tb, self.token = data, tb, token
+
+    @classmethod
+    def of(cls, exc: BaseException, token: str = "") -> InitializerFailed:
+        tb = exc.__traceback__
+        text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+        try:
+            data = dumps(exc)
+            loads(data)
+        except Exception:
+            data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
+        return cls(data, text, token)
+
+    def error(self) -> BaseException:
+        """In the caller: the initializer's exception, its ``__cause__`` the traceback."""
+        try:
+            exc: BaseException = loads(self.data)
+        except Exception:  # e.g. its class cannot be imported here
+            exc = TaskError(self.tb.rstrip().rpartition("\n")[2])
+        exc.__cause__ = RemoteTraceback(self.tb)
+        return exc
+
+    def __str__(self) -> str:
+        return "the executor's initializer failed:\n" + self.tb[-4000:]
 
 
 # -- one namespace per module for functions shipped by value ----------------------------

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from ..arguments import replace_futures
 from ..data import Packed, load_result
 from ..errors import (
+    BrokenExecutorError,
     ClusterConnectionError,
     InvalidOptionError,
     UnsupportedOptionError,
@@ -33,11 +34,11 @@ from ..futures import Future
 from ..serialization import FunctionCache, dumps_value, loads, pack_arguments, pack_value, task_name
 from ..sizes import DEFAULT_BUDGET
 from ..task import DEFAULT_OPTIONS, TaskOptions
-from ..worker import CALL, OK, Input, Outcome, failure_details
+from ..worker import CALL, OK, InitializerFailed, Input, Outcome, failure_details
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
            "fail_from_engine", "positive_option", "check_listening",
-           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value"]
+           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value", "broken_error"]
 
 #: How often a task whose worker process died is run again before it fails with
 #: WorkerLostError, on every backend: Ray's and Dask's own default. Independent of the
@@ -112,6 +113,9 @@ class Backend(ABC):
         )
         self.options = dict(options)
         self._workers = workers
+        #: The initializer's exception once it failed in a worker: the executor is broken
+        #: (:meth:`break_executor`), and ``Runner.check_open`` refuses every new call.
+        self.broken: BaseException | None = None
 
     @property
     def workers(self) -> int:
@@ -179,6 +183,23 @@ class Backend(ABC):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop everything this backend started; a cluster we connected to is left running."""
 
+    # -- a failed initializer breaks the executor (as a concurrent.futures pool) ------------
+    def break_executor(self, failed: InitializerFailed) -> BrokenExecutorError:
+        """The initializer failed in a worker (``failed``, from the engine): broken for good.
+
+        The first failure is the one kept. Returns the error for a task pending at the
+        break; a backend whose other pending tasks would not fail by themselves extends
+        this to fail them.
+        """
+        if self.broken is None:
+            self.broken = failed.error()
+        return self.broken_error()
+
+    def broken_error(self) -> BrokenExecutorError:
+        """A new BrokenExecutorError ``from`` the initializer's exception (once broken)."""
+        assert self.broken is not None
+        return broken_error(self.name, self.initializer, self.broken)
+
 
 def positive_option(backend: str, options: Mapping[str, Any], name: str, default: float, *,
                     integer: bool = False) -> float:
@@ -223,6 +244,20 @@ def worker_lost(name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
         "in native code, running out of memory): fix that, or give the workers more "
         "memory. The retries option does not apply: it counts exceptions the task raises"
     )
+
+
+def broken_error(backend: str, initializer: Callable[..., Any] | None,
+                 cause: BaseException) -> BrokenExecutorError:
+    """The error of an executor whose initializer raised ``cause``."""
+    name = "?" if initializer is None else task_name(initializer)
+    error = BrokenExecutorError(
+        f"the initializer {name} raised {type(cause).__name__}: {cause}, so this {backend!r} "
+        "executor is broken (as a concurrent.futures pool whose initializer fails): the "
+        "tasks pending then failed without running, and it takes no new ones. Fix the "
+        "initializer, then create a new executor"
+    )
+    error.__cause__ = cause
+    return error
 
 
 def complete(future: Future[Any], outcome: Outcome) -> None:

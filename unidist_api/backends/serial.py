@@ -20,7 +20,7 @@ from ..errors import UnsupportedOptionError
 from ..futures import Future
 from ..serialization import FunctionCache, pack_arguments, pack_value
 from ..task import TaskOptions
-from ..worker import run_initializer, run_pickled
+from ..worker import InitializerFailed, run_initializer, run_pickled
 from .base import Backend, Task, complete, resolve_arguments
 
 
@@ -55,11 +55,17 @@ class SerialBackend(Backend):
             )
 
     def submit(self, task: Task) -> Future[Any]:
+        """Run ``task`` now; the first one runs the initializer first (its failure breaks
+        the executor: that task fails with BrokenExecutorError, later calls raise it)."""
         future: Future[Any] = Future(self)
         with self._lock:
             if self.init_data is not None and not self._initialized:
                 self._initialized = True  # runs as on a worker: unpickled, shared globals
-                run_initializer(self.init_data)
+                try:
+                    run_initializer(self.init_data)
+                except InitializerFailed as failed:  # this task is pending at the break
+                    future.set_exception(self.break_executor(failed))
+                    return future
             try:
                 args, kwargs = resolve_arguments(task, _value)
             except BaseException as exc:  # an input future failed: so does this task

@@ -26,10 +26,15 @@
   result. A tiny race remains: the scheduler may hand the task over while the cancel
   message travels. Dask then also drops the tasks that take it as input; they fail with
   ``CancelledError``, as on ``local``.
-- **initializer**: its exception is raised by the first submit (:class:`~.worker.Initializer`).
-  An embedded executor with an initializer gets its own cluster, since its state would
-  otherwise leak into other executors' tasks; on a running cluster, every worker runs the
-  initializers of all the executors connected to it.
+- **initializer**: a ``WorkerPlugin`` (:class:`~.worker.Initializer`) registered when the
+  client starts (first submit or put). When it raises on a worker, ``register_plugin``
+  raises it here: the executor is broken (that submit's future fails with
+  BrokenExecutorError, every later call raises it), the plugin is unregistered and the
+  private cluster stopped. A worker that joins later (a replacement) and whose plugin
+  fails is only logged by Dask, and runs tasks uninitialized. An embedded executor with
+  an initializer gets its own cluster, since its state would otherwise leak into other
+  executors' tasks; on a running cluster, every worker runs the initializers of all the
+  executors connected to it.
 - **Shutdown** waits (``wait=True``), closes the client and stops the cluster we started
   once its last user is gone; ``wait=False`` does the same in the background. At
   interpreter exit, before ``atexit`` handlers run, tasks not finished are dropped and
@@ -54,11 +59,12 @@ from distributed import Client
 from distributed import Future as DaskFuture
 
 from ...data import Embedded, Packed
-from ...errors import ExecutorShutdownError
+from ...errors import BrokenExecutorError, ExecutorShutdownError
 from ...exit import on_exit
 from ...futures import Future
 from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
+from ...worker import InitializerFailed
 from ..base import Backend, Task, packed_value, positive_option, prepare_native
 from .cluster import EmbeddedCluster, embedded_resources
 from .complete import Completion
@@ -128,10 +134,14 @@ class DaskBackend(Backend):
         if isinstance(payload, Packed):  # Dask pickles arguments later, on its event loop:
             payload = payload.detached()  # a snapshot now, as every other argument is
         wire = for_graph(payload)
-        client = self._get_client()
+        future: Future[Any] = Future(self)
+        try:
+            client = self._get_client()
+        except BrokenExecutorError as broken:  # the initializer failed on starting
+            future.set_exception(broken)
+            return future
         options = task.options
         key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"
-        future: Future[Any] = Future(self)
         self._stuck.note(future, options.timeout, inputs)
         completion = self._completion
         with completion.lock:  # before Dask can report it done
@@ -251,12 +261,20 @@ class DaskBackend(Backend):
         if client is not None:
             return client
         with self._lock:
+            if self.broken is not None:
+                raise self.broken_error()
             if self._closed:
                 raise ExecutorShutdownError("this 'dask' executor has been shut down")
-            if self._client is None:
-                self._client = self._start()
+            if self._client is not None:
+                return self._client
+            try:
+                client = self._client = self._start()
+            except InitializerFailed as failed:
+                error = self.break_executor(failed)  # under the lock: no second start
+            else:
                 _track(self)
-            return self._client
+                return client
+        raise error  # outside the handler: its cause is the initializer's exception alone
 
     def _start(self) -> Client:
         """Connect to ``address`` or start (or join) an embedded cluster; install the plugins."""
@@ -271,7 +289,12 @@ class DaskBackend(Backend):
                 client.register_plugin(QuietTaskFailures())
             if self.init_data is not None:
                 name = f"unidist-api-initializer-{uuid.uuid4().hex}"
-                client.register_plugin(Initializer(self.init_data), name=name)
+                try:
+                    client.register_plugin(Initializer(self.init_data), name=name)
+                except InitializerFailed:
+                    if self.address is not None:  # later workers of that cluster: not them
+                        _unregister(client, name)
+                    raise
                 self._plugin = name
             self._completion.watch(client)
             client.subscribe_topic(STUCK_TOPIC, self._stuck.on_stuck)
@@ -358,10 +381,7 @@ class DaskBackend(Backend):
             except cf.InvalidStateError:
                 pass
         if client is not None and cluster is None and self._plugin is not None:
-            try:  # later workers of a cluster we only joined need not run it
-                client.unregister_worker_plugin(self._plugin)
-            except Exception:
-                pass
+            _unregister(client, self._plugin)  # later workers of a cluster we only joined
         self._release(client, cluster)
         self._functions.clear()
 
@@ -373,6 +393,14 @@ class DaskBackend(Backend):
         finally:
             if cluster is not None:
                 cluster.release()
+
+
+def _unregister(client: Client, plugin: str) -> None:
+    """Have workers that join the cluster later not run our initializer."""
+    try:
+        client.unregister_worker_plugin(plugin)
+    except Exception:
+        pass
 
 
 def _retry_on(options: TaskOptions) -> Any:

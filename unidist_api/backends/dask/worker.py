@@ -14,7 +14,9 @@
   (:mod:`.timeouts`).
 - **initializer** is a named ``WorkerPlugin`` per executor (:class:`Initializer`): Dask
   runs it once in every worker process, present or future, before the worker takes tasks,
-  in the thread that runs tasks, so the worker stays responsive while it runs.
+  in the thread that runs tasks, so the worker stays responsive while it runs. When it
+  raises, its :class:`~unidist_api.worker.InitializerFailed` is what ``register_plugin``
+  raises in the caller (a worker that joins later only logs it).
 - **Logs**: embedded workers do not log each failed task (:class:`QuietTaskFailures`):
   the caller gets the exception.
 """

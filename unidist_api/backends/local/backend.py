@@ -11,8 +11,11 @@ result copy-on-write, and a result or ``put`` handle passed on to another task t
 as its path. A task past its ``timeout`` that the interrupt cannot reach (stuck in one
 C call) ends its worker process, leaving a note file: that task fails with
 TaskTimeoutError, the broken pool is replaced and its other unfinished tasks are sent
-again. Each worker exits by itself within a second of the caller's death
-(:func:`.worker.start_worker`), so a caller killed outright leaves no worker behind.
+again. An initializer that raises leaves a note file too, before loky reports the pool
+broken: the executor is then broken (BrokenExecutorError, as ``concurrent.futures``), its
+unfinished tasks fail and no new pool starts. Each worker exits by itself within a second
+of the caller's death (:func:`.worker.start_worker`), so a caller killed outright leaves
+no worker behind.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from ...data import Embedded, Packed, load_result
 from ...errors import ExecutorShutdownError
 from ...futures import Future
-from ...serialization import FunctionCache, pack_for_workers, pack_value
+from ...serialization import FunctionCache, loads, pack_for_workers, pack_value
 from ...worker import stuck_error
 from ..base import LOST_WORKER_RETRIES, Backend, Task, complete, prepare_native, task_name
 from . import pool as pools
@@ -62,7 +65,8 @@ class LocalBackend(Backend):
         self._lost: pools.LostResults | None = None
         self._unfinished: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # for cancel_futures
         self._stopped_at_exit = False  # registered with pools.stop_at_exit (a cheap flag)
-        self._stuck = StuckNotes()  # note files of stuck tasks
+        self._stuck = StuckNotes()  # note files of stuck tasks, and of a failed initializer
+        self._init_note: str | None = None  # where a worker whose initializer fails says so
 
     # -- the pool -----------------------------------------------------------------
     def _get_pool(self) -> Any:
@@ -71,6 +75,8 @@ class LocalBackend(Backend):
             return pool
         with self._lock:
             if self._pool is None or self._broken:
+                if self.broken is not None:  # the initializer failed: no new pool
+                    raise self.broken_error()
                 if self._closed:  # a lost task sent again after shutdown: no new pool
                     raise ExecutorShutdownError(
                         "the executor was shut down before this task could run again "
@@ -79,8 +85,10 @@ class LocalBackend(Backend):
                 if self._pool is not None:  # a worker died and broke the pool: replace it
                     self._pool.shutdown(wait=False, kill_workers=True)
                     self._broken = False
+                if self.init_data is not None and self._init_note is None:
+                    self._init_note = self._stuck.path()
                 self._pool = pools.new_pool(self.workers, self.init_data,
-                                            self.options.get("env"))
+                                            self.options.get("env"), self._init_note)
             return self._pool
 
     def _get_store(self) -> Store | None:
@@ -258,7 +266,8 @@ class LocalBackend(Backend):
                 attempts += 1
                 if not pools.is_broken(exc) or attempts > LOST_WORKER_RETRIES:
                     raise
-                self._set_broken(pool)
+                self._set_broken(pool)  # and _get_pool raises if the initializer failed
+                self._initializer_failed()
         future.handle = handle
         handle.add_done_callback(functools.partial(self._on_done, future, call, pool))
 
@@ -278,7 +287,10 @@ class LocalBackend(Backend):
             broken = pools.is_broken(exc)
             self._lose_result(call, pool if broken else None)  # what the attempt wrote
             if broken:
-                if call.stuck is not None and self._stuck.take(call.stuck):  # it ended its worker
+                if self._initializer_failed():  # the executor is broken: no resend
+                    self._set_broken(pool)
+                    exc = self.broken_error()
+                elif call.stuck is not None and self._stuck.take(call.stuck):  # ended its worker
                     self._set_broken(pool)
                     timed_out = stuck_error(task_name(call.fn), call.timeout or 0.0)
                     timed_out.__cause__ = exc
@@ -335,6 +347,18 @@ class LocalBackend(Backend):
             self._release(call.held)
             self._fail(future, exc, call)
         return True
+
+    def _initializer_failed(self) -> bool:
+        """Whether the executor is broken: a worker's initializer failed and left its note
+        (before its pool broke), which breaks the executor here."""
+        if self.broken is None and self._init_note is not None:
+            try:
+                with open(self._init_note, "rb") as file:
+                    data = file.read()
+            except OSError:  # no note: the pool broke otherwise
+                return False
+            self.break_executor(loads(data))
+        return self.broken is not None
 
     def _lose_result(self, call: Call, broken: Any) -> None:
         """Remove the result file of ``call``'s attempt, which failed or whose worker died.

@@ -42,7 +42,8 @@ class Call:
 
 
 class StuckNotes:
-    """The folder of note files left by stuck tasks (made on first need)."""
+    """The folder of note files left by stuck tasks, and by a worker whose initializer
+    failed (made on first need)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -41,11 +41,13 @@ def worker_env(workers: int, env: Mapping[str, str] | None) -> dict[str, str]:
     return found
 
 
-def new_pool(workers: int, init_data: bytes | None, env: Mapping[str, str] | None) -> Any:
+def new_pool(workers: int, init_data: bytes | None, env: Mapping[str, str] | None,
+             init_note: str | None = None) -> Any:
+    """A loky pool; ``init_note``: where a worker whose initializer fails leaves a note."""
     import loky  # deferred: loky is imported when the backend is first used
 
     return loky.ProcessPoolExecutor(max_workers=workers, initializer=start_worker,
-                                    initargs=(os.getpid(), init_data),
+                                    initargs=(os.getpid(), init_data, init_note),
                                     env=worker_env(workers, env))
 
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ...data import Packed
-from ...worker import OK, run_initializer, run_pickled
+from ...serialization import dumps
+from ...worker import OK, InitializerFailed, run_initializer, run_pickled
 from . import shm
 
 __all__ = ["start_worker", "run_call", "PARENT_CHECK", "STUCK_EXIT_CODE"]
@@ -42,16 +43,35 @@ class _Activity:
 _activity = _Activity()
 
 
-def start_worker(parent: int, data: bytes | None) -> None:
+def start_worker(parent: int, data: bytes | None, note: str | None = None) -> None:
     """A loky worker's start: watch the caller, then run the user's initializer.
 
     A worker whose caller died without shutting it down (SIGKILL, SIGTERM, a crash) exits
-    within a second: loky's workers would otherwise wait for work forever.
+    within a second: loky's workers would otherwise wait for work forever. An initializer
+    that raises leaves a note at ``note`` (the pickled :class:`InitializerFailed`), then
+    fails loky's initializer: the worker ends and loky reports the pool broken, which the
+    caller, reading the note, tells from a lost worker.
     """
     threading.Thread(target=_watch, args=(parent,), daemon=True,
                      name="unidist-api-worker-watch").start()
     if data is not None:
-        run_initializer(data)
+        try:
+            run_initializer(data)
+        except InitializerFailed as failed:
+            if note is not None:
+                _leave_note(note, dumps(failed))
+            raise
+
+
+def _leave_note(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (several workers may fail at once)."""
+    partial = f"{path}.{os.getpid()}"
+    try:
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except OSError:  # the caller shut down and removed the folder meanwhile
+        pass
 
 
 def _watch(parent: int) -> None:

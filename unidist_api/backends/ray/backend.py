@@ -34,6 +34,7 @@ Backend options:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import threading
 import time
@@ -46,10 +47,11 @@ import ray
 import ray.exceptions as rex
 
 from ...data import Embedded
-from ...errors import InvalidOptionError, UnsupportedOptionError
+from ...errors import BrokenExecutorError, InvalidOptionError, UnsupportedOptionError
 from ...futures import Future, _Serialized
 from ...serialization import FunctionCache, dumps, dumps_value
 from ...task import TaskOptions
+from ...worker import InitializerFailed
 from ..base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -60,6 +62,7 @@ from ..base import (
 )
 from . import data
 from .complete import RayFuture, loaded
+from .errors import initializers
 from .runtime import Runtime, acquire, describe_resources, release
 from .worker import SPECS_MAX
 
@@ -337,7 +340,33 @@ class RayBackend(Backend):
                 self._init = (uuid.uuid4().hex,
                               init_data if len(init_data) <= INLINE_BYTES
                               else ray.put(init_data))
+                initializers[self._init[0]] = self
             return self._init
+
+    def break_executor(self, failed: InitializerFailed) -> BrokenExecutorError:
+        """As every backend, and fail this executor's unfinished tasks now.
+
+        They would fail by themselves only on workers whose initializer failed, and only
+        once loaded; each is posted on the cancel board too, so a worker that has not
+        started it skips it.
+        """
+        first = self.broken is None
+        error = super().break_executor(failed)
+        runtime = self._runtime
+        if first and runtime is not None:  # in a thread: we may be in a future's result(),
+            threading.Thread(target=self._fail_unfinished, args=(runtime,), daemon=True,
+                             name="unidist-api-ray-broken").start()  # holding its lock
+        return error
+
+    def _fail_unfinished(self, runtime: Runtime) -> None:
+        for future in runtime.unfinished(self):
+            if future.handle is not None and not runtime.closed:
+                runtime.board.add(future.handle.task_id().hex())
+            with contextlib.suppress(cf.InvalidStateError):
+                future.set_exception(self.broken_error())
+            if runtime.untrack(future):
+                runtime.close()
+        runtime.completer.wake()  # posts the board
 
 
 class _Spec:

@@ -5,15 +5,18 @@ cloudpickle (so a class the workers got by value comes back as the caller's very
 and ``result()`` raises it with its remote traceback. Everything else Ray raises is
 mapped to one of our errors, with Ray's as its ``__cause__``: a task whose worker (or
 node) died more often than ``LOST_WORKER_RETRIES`` allow fails with WorkerLostError,
-which names the task.
+which names the task. A task whose executor's initializer failed on its worker brings
+:class:`~unidist_api.worker.InitializerFailed`: that breaks the executor (found by the
+initializer's token in :data:`initializers`) and the task fails with BrokenExecutorError.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import traceback
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.exceptions as rex
@@ -21,10 +24,16 @@ import ray.exceptions as rex
 from ...errors import ExecutorShutdownError, TaskError, UnidistError, WorkerLostError
 from ...futures import RemoteFailure
 from ...serialization import dumps, loads, task_name
-from ...worker import failure_details
-from ..base import LOST_WORKER_RETRIES, worker_lost
+from ...worker import InitializerFailed, failure_details
+from ..base import LOST_WORKER_RETRIES, broken_error, worker_lost
 
-__all__ = ["LOST_WORKER", "TaskFailed", "engine_error", "task_error"]
+if TYPE_CHECKING:
+    from ..base import Backend
+
+__all__ = ["LOST_WORKER", "TaskFailed", "engine_error", "task_error", "initializers"]
+
+#: The ray executors with an initializer, by its token (which InitializerFailed carries).
+initializers: weakref.WeakValueDictionary[str, Backend] = weakref.WeakValueDictionary()
 
 #: Ray's errors for a task whose worker (or node) died more often than max_retries allow.
 LOST_WORKER = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
@@ -95,6 +104,11 @@ class TaskFailed(Exception):
     def failure(self, ref: Any) -> RemoteFailure:
         """In the caller: the task's exception, traceback and (its own) partial results."""
         exc = loads(self.data)
+        if isinstance(exc, InitializerFailed):  # nothing of the task ran: the executor broke
+            backend = initializers.get(exc.token)
+            if backend is None:  # gone (a future holds its backend: hardly ever)
+                return RemoteFailure(broken_error("ray", None, exc.error()))
+            return RemoteFailure(backend.break_executor(exc))
         tb, partial = failure_details(exc)
         if ref is None or ref.task_id().hex() != self.task:
             partial = None

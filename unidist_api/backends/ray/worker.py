@@ -11,8 +11,10 @@ Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray st
 and is shared by every executor of the process, so ``initializer(*initargs)`` instead
 runs inside the first task of this executor that a worker process runs, once per
 process and executor, before the task (a worker that never runs one of its tasks never
-runs it). If it raises, that task fails with its exception, and the next task on that
-worker tries again.
+runs it). If it raises, that task fails with :class:`~unidist_api.worker.InitializerFailed`
+(with the executor's token), which breaks the executor in the caller when its failure is
+loaded (:meth:`.errors.TaskFailed.failure`); the worker remembers it, so the executor's
+later tasks there fail the same way, without running the initializer again.
 
 Timeout. ``timeout`` travels in the spec: the worker stops an attempt past it with a
 SIGALRM in its main thread, where Ray runs tasks (:mod:`unidist_api.timeouts`); an
@@ -30,7 +32,14 @@ import ray
 
 from ...data import Packed
 from ...serialization import loads, task_name
-from ...worker import load_function, run_initializer, run_native, stuck_error, unpicklable_result
+from ...worker import (
+    InitializerFailed,
+    load_function,
+    run_initializer,
+    run_native,
+    stuck_error,
+    unpicklable_result,
+)
 from . import cancel
 from .data import InStore, returned
 from .errors import TaskFailed
@@ -113,9 +122,19 @@ def _load_spec(spec: Any) -> _Fixed:
 
 
 _initialized: set[str] = set()  # tokens of the executors whose initializer ran in this process
+_failed: dict[str, InitializerFailed] = {}  # by token: those whose initializer failed here
 
 
 def _initialize(token: str, data: Any) -> None:
-    if token not in _initialized:
-        run_initializer(data if isinstance(data, bytes) else ray.get(data))
-        _initialized.add(token)
+    if token in _initialized:
+        return
+    failed = _failed.get(token)
+    if failed is None:
+        try:
+            run_initializer(data if isinstance(data, bytes) else ray.get(data))
+        except InitializerFailed as exc:
+            failed = _failed[token] = InitializerFailed(exc.data, exc.tb, token)
+        else:
+            _initialized.add(token)
+            return
+    raise InitializerFailed(failed.data, failed.tb, token)  # no user code runs here now
