@@ -167,21 +167,28 @@ def test_map_timeout_cancels_the_call_it_waited_on(ua_backend, tmp_path):
     if ua_backend.backend == "serial":
         pytest.skip("serial runs each task inside submit: nothing is left to cancel")
 
-    def scenario(executor, paths):
+    def scenario(executor, paths, **eager):
         # more than the pool has workers and takes ahead: the map's items wait behind them
         blockers = [executor.submit(sleep_then, i, 0.7) for i in range(6)]
-        results = executor.map(touch, paths, timeout=0.3)
+        results = executor.map(touch, paths, timeout=0.3, chunksize=1, **eager)
         with pytest.raises(TimeoutError):
             next(results)
         cf.wait(blockers)
         time.sleep(0.5)
         return ran(paths)
 
-    with stdlib_pool() as stdlib:
-        theirs = scenario(stdlib, paths_in(tmp_path, "stdlib", 4))
-    with own(ua_backend) as ex:
-        mine = scenario(ex, paths_in(tmp_path, "ours", 4))
-    assert mine == theirs == []
+    with stdlib_pool() as stdlib:  # submits all 8 items at the call
+        theirs = scenario(stdlib, paths_in(tmp_path, "stdlib", 8))
+    with own(ua_backend) as ex:  # the same, as 3.14 does with buffersize
+        mine = scenario(ex, paths_in(tmp_path, "ours", 8), buffersize=8)
+    assert theirs == []
+    if ua_backend.backend == "dask":
+        # Dask's scheduler hands tasks to workers ahead of time (its worker-saturation
+        # rule), and those can no longer be cancelled: docs/semantics.md. Those it still
+        # holds are cancelled.
+        assert len(mine) < 8
+    else:
+        assert mine == theirs
 
 
 def test_map_chunksize_and_several_iterables_as_the_stdlib(ua_backend):
