@@ -261,6 +261,22 @@ def test_deleted_executor_still_completes_its_futures(ua_backend):
     assert got == expected == [1, 2, 3, 4]
 
 
+def test_collected_executor_shuts_down_and_its_map_still_yields_everything(ua_backend):
+    # As a collected ProcessPoolExecutor: it shuts down (its engine is released, or a
+    # test session would leave it running), and the map it made runs to its end.
+    expected = list(stdlib_pool().map(square, range(40)))
+    executor = own(ua_backend)
+    runner = executor._runner
+    results = executor.map(square, range(40))
+    del executor
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while not runner.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.closed, "a garbage-collected executor was not shut down"
+    assert list(results) == expected == [i * i for i in range(40)]
+
+
 EXIT_PROGRAM = """
 import concurrent.futures as cf, multiprocessing, os, sys, time
 import unidist_api as ua

@@ -96,7 +96,6 @@ class Executor(cf.Executor):
             initargs=initargs, options=settings.options,
         )
         self._runner = Runner(self._backend)
-        self._shutdown_lock = threading.Lock()
         _track(self)
 
     # -- what it is ----------------------------------------------------------------------
@@ -176,11 +175,7 @@ class Executor(cf.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop what this executor started; a cluster it connected to keeps running."""
-        with self._shutdown_lock:
-            if self._runner.closed:
-                return
-            self._runner.closed = True
-        self._runner.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._runner.close(wait=wait, cancel_futures=cancel_futures)
 
 
 def gather(futures: Iterable[Future[T]]) -> list[T]:
@@ -233,28 +228,53 @@ def _wait_first_exception(futures: set[Future[T]], timeout: float | None
 
 
 # -- at interpreter exit, open executors finish their work (unidist_api/exit.py) ----------
+# As with the stdlib's pools, an executor that is garbage-collected shuts down without
+# waiting (its futures and the maps it made still complete); its runner stays here until
+# it is settled, so that exit still waits for that work.
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_collected: set[Runner] = set()
+_collected_lock = threading.Lock()
 _hooked = False
 
 
 def _track(executor: Executor) -> None:
     global _hooked
     _live.add(executor)
+    finalizer = weakref.finalize(executor, _on_collected, executor._runner)
+    finalizer.atexit = False  # exit has its own hook: _finish_all
     if not _hooked:
         _hooked = True
         on_exit(finish=_finish_all)
 
 
+def _on_collected(runner: Runner) -> None:
+    """The executor was garbage-collected: ``shutdown(wait=False)``, off the GC's thread
+    (a collection can run while this thread holds one of the locks shutdown takes)."""
+    if runner.closed:
+        return
+    with _collected_lock:
+        for settled in [other for other in _collected if other.settled]:
+            _collected.discard(settled)
+        _collected.add(runner)
+    threading.Thread(target=runner.close, args=(False, False), daemon=True,
+                     name="unidist-api collected executor").start()
+
+
+def _runners() -> list[Runner]:
+    with _collected_lock:
+        return [executor._runner for executor in list(_live)] + list(_collected)
+
+
 def _finish_all(interrupted: bool = False) -> None:
     """At exit: shut every executor down, waiting for its work; or (``interrupted``)
     cancelling what waits, without waiting (the engines' stoppers end the rest)."""
-    for executor in list(_live):
-        executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
-        executor._runner.at_exit(interrupted)
+    for runner in _runners():
+        runner.close(wait=not interrupted, cancel_futures=interrupted)
+        runner.at_exit(interrupted)
 
 
 def _shutdown_all() -> None:
     """Cancel what every executor was given and stop it (the pytest plugin, after a test)."""
-    for executor in list(_live):
-        executor.shutdown(wait=True, cancel_futures=True)
-        executor._runner.at_exit(True)
+    for runner in _runners():
+        runner.close(wait=True, cancel_futures=True)
+        runner.at_exit(True)

@@ -52,6 +52,7 @@ class Runner:
         self._lock = threading.Lock()
         self._deferred = False  # shut down with wait=False while maps ran: stop after them
         self._drains: list[threading.Thread] = []
+        self._close_lock = threading.Lock()
 
     @property
     def workers(self) -> int:
@@ -131,6 +132,20 @@ class Runner:
                                   name="unidist-api map drain")
         self._drains.append(thread)
         thread.start()
+
+    def close(self, wait: bool, cancel_futures: bool) -> None:
+        """``Executor.shutdown``: the first call shuts down, later ones return at once."""
+        with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    @property
+    def settled(self) -> bool:
+        """Closed, and no map made before ``shutdown(wait=False)`` still runs."""
+        with self._lock:
+            return self.closed and not self._deferred
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """After ``closed`` was set: settle the maps, then stop the backend."""
