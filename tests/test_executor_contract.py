@@ -232,6 +232,40 @@ def test_done_callbacks_and_stdlib_waiting_functions(ua_backend):
     assert observe(ua_backend) == expected == (6, 0, list(range(1, 7)), list(range(1, 7)), [1])
 
 
+def fail_soon(delay):
+    time.sleep(delay)
+    raise ValueError("failed on purpose")
+
+
+def wait_for_file(path, limit):
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.path.exists(path)
+
+
+def test_stdlib_wait_first_exception_sees_a_failure_when_it_happens(ua_backend, tmp_path):
+    """The stdlib's own wait(FIRST_EXCEPTION) given our futures returns at the failure,
+    not at its timeout, with the failed future done and the running one not."""
+    def scenario(executor, release):
+        serial = executor is ua_backend and ua_backend.backend == "serial"
+        bad = executor.submit(fail_soon, 0.2)
+        # serial runs a task inside submit: there the other one must not wait
+        slow = executor.submit(wait_for_file, release, 0 if serial else 60)
+        start = time.monotonic()
+        done, not_done = cf.wait([bad, slow], timeout=20, return_when=cf.FIRST_EXCEPTION)
+        took = time.monotonic() - start
+        open(release, "w").close()
+        slow.result(timeout=120)
+        return bad in done, type(bad.exception()), took < 15, slow in (done if serial
+                                                                       else not_done)
+
+    with stdlib_pool() as stdlib:
+        expected = scenario(stdlib, str(tmp_path / "stdlib"))
+    got = scenario(ua_backend, str(tmp_path / "ours"))
+    assert got == expected == (True, ValueError, True, True)
+
+
 # --------------------------------------------------------------------------- shutdown
 def test_shutdown_wait_cancel_futures_and_context_manager(ua_backend):
     def scenario(executor):
@@ -246,6 +280,43 @@ def test_shutdown_wait_cancel_futures_and_context_manager(ua_backend):
     with stdlib_pool() as stdlib:
         expected = scenario(stdlib)
     assert scenario(own(ua_backend)) is expected is True
+
+
+def mark_then_sleep(path, delay):
+    open(path, "w").close()
+    time.sleep(delay)
+    return path
+
+
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+def test_cancelled_futures_are_exactly_the_tasks_that_never_ran(ua_backend, tmp_path, how):
+    """``cancel()`` and ``shutdown(cancel_futures=True)`` while tasks run and wait: a
+    future reported cancelled never ran, every other one ran, and ``cancel()`` answered
+    so."""
+    def scenario(executor, folder):
+        os.mkdir(folder)
+        paths = [os.path.join(folder, str(i)) for i in range(40)]
+        futures = [executor.submit(mark_then_sleep, path, 0.05) for path in paths]
+        time.sleep(0.3)
+        if how == "cancel":
+            answers = [future.cancel() for future in futures]
+            executor.shutdown()
+        else:
+            executor.shutdown(wait=True, cancel_futures=True)
+            answers = [future.cancelled() for future in futures]
+        cancelled = [future.cancelled() for future in futures]
+        ran = [os.path.exists(path) for path in paths]
+        exact = all(was_run is not was_cancelled
+                    for was_run, was_cancelled in zip(ran, cancelled, strict=True))
+        return answers == cancelled, exact, any(cancelled), any(ran)
+
+    expected = scenario(stdlib_pool(), str(tmp_path / "stdlib"))
+    got = scenario(own(ua_backend), str(tmp_path / "ours"))
+    assert expected == (True, True, True, True)
+    if ua_backend.backend == "serial":  # each task ran inside submit: nothing to cancel
+        assert got == (True, True, False, True)
+    else:
+        assert got == expected
 
 
 def test_deleted_executor_still_completes_its_futures(ua_backend):

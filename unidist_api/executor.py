@@ -203,28 +203,8 @@ def as_completed(futures: Iterable[Future[T]],
 def wait(futures: Iterable[Future[T]], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> tuple[set[Future[T]], set[Future[T]]]:
     """``(done, not_done)``, as ``concurrent.futures.wait``."""
-    futures = set(futures)
-    if return_when == cf.FIRST_EXCEPTION and any(
-            getattr(getattr(future, "_backend", None), "failure_needs_load", False)
-            for future in futures):
-        return _wait_first_exception(futures, timeout)
     done, not_done = cf.wait(futures, timeout, return_when)
     return done, not_done  # type: ignore[return-value]
-
-
-def _wait_first_exception(futures: set[Future[T]], timeout: float | None
-                          ) -> tuple[set[Future[T]], set[Future[T]]]:
-    """FIRST_EXCEPTION where a failure shows only on loading (ray): look at each as it ends."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    done: set[Future[T]] = set()
-    not_done = futures
-    while not_done:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        newly, not_done = cf.wait(not_done, left, cf.FIRST_COMPLETED)  # type: ignore[assignment]
-        done |= newly  # type: ignore[arg-type]
-        if not newly or any(not f.cancelled() and f.exception(0) is not None for f in newly):
-            break  # timed out, or one failed
-    return done, not_done
 
 
 # -- at interpreter exit, open executors finish their work (unidist_api/exit.py) ----------

@@ -52,10 +52,7 @@ class Task:
 
     ``mode`` is :data:`~unidist_api.worker.CALL` for ``fn(*args, **kwargs)`` or a batch
     mode (``args[0]`` is a list of items). ``deps`` are the futures found inside the
-    arguments (empty when there are none), found once by the facade. ``report_failure``
-    asks that a failure be known when the future completes, without loading the value
-    (reduce watches every task so): a backend that learns of failures only on loading
-    (ray) then pays a little per task for it.
+    arguments (empty when there are none), found once by the facade.
     """
 
     fn: Callable[..., Any]
@@ -64,7 +61,6 @@ class Task:
     options: TaskOptions = DEFAULT_OPTIONS
     mode: int = CALL
     deps: list[Future[Any]] = field(default_factory=list)
-    report_failure: bool = False
 
 
 #: Options every backend accepts: ``memory_budget`` (bytes; default 64 MiB), what ``map``
@@ -83,9 +79,6 @@ class Backend(ABC):
     takes_address: ClassVar[bool] = False
     #: Whether :meth:`fetch` beats waiting on each future (engines with an object store).
     fetches: ClassVar[bool] = False
-    #: Whether a finished future's failure shows only when its value is loaded (ray):
-    #: ``wait(return_when=FIRST_EXCEPTION)`` then looks at each future as it finishes.
-    failure_needs_load: ClassVar[bool] = False
     #: Whether tasks get their ``timeout`` option on the worker (``run_pickled``'s
     #: ``timeout``); without it, ``timeout`` is refused at submit rather than ignored.
     honours_timeout: ClassVar[bool] = False

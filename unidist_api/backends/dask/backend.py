@@ -23,9 +23,9 @@
   finished tasks not read yet, so futures work after it.
 - **cancel** succeeds only while the scheduler has not handed the task to a worker (it may
   then queue there, as on ``local``): Dask cannot stop a running task, only discard its
-  result. A tiny race remains: the scheduler may hand the task over while the cancel
-  message travels. Dask then also drops the tasks that take it as input; they fail with
-  ``CancelledError``, as on ``local``.
+  result. The scheduler itself picks and cancels the unstarted ones, in one step
+  (:mod:`.cancel`), so a task reported cancelled never ran. Dask then also drops the
+  tasks that take it as input; they fail with ``CancelledError``, as on ``local``.
 - **initializer**: a ``WorkerPlugin`` (:class:`~.worker.Initializer`) registered when the
   client starts (first submit or put). When it raises on a worker, ``register_plugin``
   raises it here: the executor is broken (that submit's future fails with
@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import dask.config
+from dask.typing import Key
 from dask.utils import funcname
 from distributed import Client
 from distributed import Future as DaskFuture
@@ -66,6 +67,7 @@ from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
 from ...worker import InitializerFailed
 from ..base import Backend, Task, packed_value, positive_option, prepare_native
+from .cancel import cancel_unstarted
 from .cluster import EmbeddedCluster, embedded_resources
 from .complete import Completion
 from .connect import DEFAULT_CONNECT_TIMEOUT, connect
@@ -182,10 +184,12 @@ class DaskBackend(Backend):
         handle: DaskFuture[Any] | None = future.handle
         if handle is None or handle.status == "cancelled":
             return True
-        if handle.status != "pending" or self._started([handle]):
+        if handle.status != "pending":
             return False
-        self._cancel_in_dask([handle])
-        return True
+        with self._completion.lock:
+            if handle.key in self._completion.cancelled:  # by shutdown, a moment ago
+                return True
+        return bool(self._cancel_in_dask([handle]))
 
     def running(self, future: Future[Any]) -> bool:
         handle: DaskFuture[Any] | None = future.handle
@@ -321,25 +325,37 @@ class DaskBackend(Backend):
         return {handle for handle in handles if handle.key in processing}
 
     # -- stopping ---------------------------------------------------------------------------
-    def _cancel_in_dask(self, handles: list[DaskFuture[Any]]) -> None:
-        """Cancel these tasks in Dask; their done callbacks then cancel our futures."""
+    def _cancel_in_dask(self, handles: list[DaskFuture[Any]]) -> set[Key]:
+        """Cancel those of these tasks no worker has been given (:mod:`.cancel`); the
+        keys of those cancelled, whose done callbacks then cancel our futures."""
         client = self._client
         if client is None or not handles:
-            return
-        with self._completion.lock:
-            self._completion.cancelling.update(handle.key for handle in handles)
-        client.cancel(handles)
+            return set()
+        keys = [handle.key for handle in handles]
+        completion = self._completion
+        with completion.lock:
+            completion.cancelling.update(keys)
+        try:
+            cancelled = cancel_unstarted(client, keys)
+        except Exception:  # the scheduler cannot be asked: nothing is cancelled
+            logging.getLogger(__name__).debug("cancelling on the scheduler failed",
+                                              exc_info=True)
+            cancelled = set()
+        with completion.lock:
+            completion.cancelling.difference_update(set(keys) - cancelled)
+            completion.cancelled.update(key for key in cancelled
+                                        if key in completion.unfinished)
+        return cancelled
 
     def _cancel_unstarted(self) -> None:
         completion = self._completion
         with completion.lock:  # those still in client.submit have no handle yet: they run
             futures = [future for future in completion.unfinished.values()
                        if future.handle is not None]
-        started = self._started(future.handle for future in futures)
-        unstarted = [future for future in futures if future.handle not in started]
-        self._cancel_in_dask([future.handle for future in unstarted])
-        for future in unstarted:
-            future.cancel()  # at once, not when Dask calls back
+        cancelled = self._cancel_in_dask([future.handle for future in futures])
+        for future in futures:
+            if future.handle.key in cancelled:
+                future.cancel()  # at once, not when Dask calls back
 
     def _drain_and_close(self) -> None:
         with self._completion.lock:

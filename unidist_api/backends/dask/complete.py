@@ -44,13 +44,14 @@ _SWEEP_INTERVAL = 1.0  # seconds between two looks at every unfinished future
 class Completion:
     """Our futures not completed yet, by key, and what completes them.
 
-    ``lock`` guards ``unfinished``, ``cancelling`` and ``unread``.
+    ``lock`` guards ``unfinished``, ``cancelling``, ``cancelled`` and ``unread``.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.unfinished: dict[Key, Future[Any]] = {}  # our futures not completed yet
         self.cancelling: set[Key] = set()  # keys of tasks we asked Dask to cancel
+        self.cancelled: set[Key] = set()  # of those, the ones the scheduler cancelled
         # finished tasks' and puts' values still on the cluster (loaded ones drop out), by key
         self.unread: weakref.WeakValueDictionary[Key, Result] = weakref.WeakValueDictionary()
         # from the client's report stream to our thread (None: one add_done_callback each)
@@ -160,9 +161,10 @@ class Completion:
         with self.lock:
             if self.unfinished.get(key) is future:
                 del self.unfinished[key]
-            cancelled = key in self.cancelling
-            if cancelled:
-                self.cancelling.discard(key)
+            # asked to cancel, and Dask did (it may have started meanwhile: then not)
+            cancelled = key in self.cancelling and handle.status == "cancelled"
+            self.cancelling.discard(key)
+            self.cancelled.discard(key)
         if future.done():  # completed by fetch (or shutdown) already
             return
         try:

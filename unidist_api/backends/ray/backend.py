@@ -82,7 +82,6 @@ class RayBackend(Backend):
     takes_address = True
     option_names = frozenset({"connect_timeout", "runtime_env"})
     fetches = True
-    failure_needs_load = True
 
     def __init__(self, *, address: str | None, workers: int | None,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
@@ -99,8 +98,8 @@ class RayBackend(Backend):
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._functions = FunctionCache()
-        self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Embedded]] = {}
-        self._specs: dict[tuple[int, int, int, bool], _Spec] = {}
+        self._calls: dict[TaskOptions, tuple[Any, Embedded]] = {}
+        self._specs: dict[tuple[int, int, int], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
 
     # -- where it runs -----------------------------------------------------------------
@@ -171,14 +170,11 @@ class RayBackend(Backend):
                 return future
         else:
             handles = []
-        status = task.report_failure
-        spec = self._specs.get((id(fn_data), id(task.options), task.mode, status))
+        spec = self._specs.get((id(fn_data), id(task.options), task.mode))
         if spec is None:
-            spec = self._spec(runtime, fn_data, task.options, task.mode, status)
-        if status:  # a second, tiny return value tells a failure without loading the value
-            future._status, future.handle = spec.remote.remote(spec.arg, payload, *handles)
-        else:
-            future.handle = spec.remote.remote(spec.arg, payload, *handles)
+            spec = self._spec(runtime, fn_data, task.options, task.mode)
+        # first a tiny status value, which tells a failure without loading the value
+        future._status, future.handle = spec.remote.remote(spec.arg, payload, *handles)
         future._fn = task.fn
         if inputs:  # weakly: a lost input is named in this task's WorkerLostError
             future._inputs = [weakref.ref(dep) for dep in inputs if isinstance(dep, RayFuture)]
@@ -194,15 +190,22 @@ class RayBackend(Backend):
         return future
 
     def cancel(self, future: Future[Any]) -> bool:
-        """Post the task on the cancel board; True for any unfinished task (:mod:`.cancel`)."""
-        runtime = self._runtime
+        """Claim the task for the caller: True if no worker has started it (:mod:`.cancel`).
+
+        The future's own runtime: ``shutdown`` has let go of ``self._runtime`` when it
+        cancels what waits.
+        """
+        runtime: Runtime | None = getattr(future, "_runtime", None)
         if (runtime is None or runtime.closed or not isinstance(future, RayFuture)
                 or future.handle is None or future._state != _PENDING):
             return False
-        if not runtime.board.add(future.handle.task_id().hex()):
-            return False
-        runtime.completer.wake()
-        return True
+        return runtime.claims.cancel(future.handle.task_id().hex())
+
+    def running(self, future: Future[Any]) -> bool:
+        runtime: Runtime | None = getattr(future, "_runtime", None)
+        return (runtime is not None and not runtime.closed and future.handle is not None
+                and future._state == _PENDING
+                and runtime.claims.started(future.handle.task_id().hex()))
 
     def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Wait for ``futures`` and load their values with one ``ray.get``, in this thread.
@@ -279,22 +282,22 @@ class RayBackend(Backend):
             return dep.handle  # an ObjectRef: Ray resolves it on the worker
         return data.for_ray(packed_value(dep))  # raises the input's exception if it failed
 
-    def _spec(self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int,
-              status: bool) -> _Spec:
+    def _spec(self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int
+              ) -> _Spec:
         """What every task of this function, options and mode passes to ``_run_task``.
 
         A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
-        initializer, timeout, status)``, which a worker unpickles once and then knows by the
+        initializer, timeout, claims)``, which a worker unpickles once and then knows by the
         token. Inline when small; else the token, the pickle's ObjectRef (put once; a worker
         reads it only when it does not know the token) and the initializer's ``(token,
-        ObjectRef)``. With ``status`` the task returns a tiny status value first.
+        ObjectRef)``.
         """
-        remote, retry_on = self._call(runtime, options, status)
+        remote, retry_on = self._call(runtime, options)
         init = self._initializer()
         small_init = init is None or isinstance(init[1], bytes)
         spec_data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
                                                 init if small_init else None,
-                                                options.timeout, status))
+                                                options.timeout, runtime.claims.spec))
         arg: Any = spec_data
         if len(spec_data) > INLINE_BYTES or not small_init:
             arg = (spec_data[:16],
@@ -303,20 +306,21 @@ class RayBackend(Backend):
         spec = _Spec(fn_data, options, arg, remote)
         if len(self._specs) >= SPECS_MAX:
             self._specs.clear()
-        self._specs[(id(fn_data), id(options), mode, status)] = spec
+        self._specs[(id(fn_data), id(options), mode)] = spec
         return spec
 
-    def _call(self, runtime: Runtime, options: TaskOptions, status: bool
-              ) -> tuple[Any, Embedded]:
-        """The remote function with Ray options for ``options``, and the pickled retry_on."""
-        call = self._calls.get((options, status))
+    def _call(self, runtime: Runtime, options: TaskOptions) -> tuple[Any, Embedded]:
+        """The remote function with Ray options for ``options``, and the pickled retry_on.
+
+        Every task returns two values: a tiny status first (see :mod:`.complete`), then
+        the task's value.
+        """
+        call = self._calls.get(options)
         if call is None:
             ray_options: dict[str, Any] = {
                 "num_cpus": options.cpus, "max_retries": LOST_WORKER_RETRIES,
-                "retry_exceptions": False,
+                "retry_exceptions": False, "num_returns": 2,
             }
-            if status:
-                ray_options["num_returns"] = 2
             if options.gpus:
                 ray_options["num_gpus"] = options.gpus
             if options.memory is not None:
@@ -326,8 +330,7 @@ class RayBackend(Backend):
             if self._runtime_env:
                 ray_options["runtime_env"] = self._runtime_env
             retry_on = Embedded(dumps_value(options.retry_on, "the retry_on exception classes"))
-            call = self._calls[(options, status)] = (runtime.remote.options(**ray_options),
-                                                     retry_on)
+            call = self._calls[options] = (runtime.remote.options(**ray_options), retry_on)
         return call
 
     def _initializer(self) -> tuple[str, Any] | None:
@@ -347,8 +350,8 @@ class RayBackend(Backend):
         """As every backend, and fail this executor's unfinished tasks now.
 
         They would fail by themselves only on workers whose initializer failed, and only
-        once loaded; each is posted on the cancel board too, so a worker that has not
-        started it skips it.
+        once loaded; each is claimed too (:mod:`.cancel`), so a worker that has not started
+        it skips it.
         """
         first = self.broken is None
         error = super().break_executor(failed)
@@ -361,12 +364,11 @@ class RayBackend(Backend):
     def _fail_unfinished(self, runtime: Runtime) -> None:
         for future in runtime.unfinished(self):
             if future.handle is not None and not runtime.closed:
-                runtime.board.add(future.handle.task_id().hex())
+                runtime.claims.cancel(future.handle.task_id().hex())
             with contextlib.suppress(cf.InvalidStateError):
                 future.set_exception(self.broken_error())
             if runtime.untrack(future):
                 runtime.close()
-        runtime.completer.wake()  # posts the board
 
 
 class _Spec:

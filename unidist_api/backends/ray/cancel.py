@@ -1,17 +1,20 @@
-"""Telling workers things without ``ray.cancel``: the cancel board and stuck marks.
+"""Cancelling Ray tasks exactly, without ``ray.cancel``: claims; and stuck marks.
 
 ``ray.cancel`` can crash the calling process when it lands while the task finishes (a
 race in Ray's task manager, ray-project/ray#54846), which is exactly when map and
-pipeline cancel what they no longer need, so we never call it. Two signals instead,
-both small keys in Ray's internal key-value store (the GCS, reachable from the caller
-and from every worker of the cluster):
+pipeline cancel what they no longer need, so we never call it. Instead:
 
-- **The cancel board** (one key per driver job): the ids of the tasks the caller
-  cancelled and that have not finished yet. ``cancel()`` only posts the id there and is
-  True for any unfinished task; a worker reads the board when it starts a task, at most
-  every ``REFRESH`` seconds (one GCS round trip, ~0.4 ms), and skips a task listed on it.
-  Best effort: a task that starts before the worker's next read, or was running, runs to
-  the end and its result is dropped. A running task is never interrupted.
+- **Claims.** Each task is claimed once, by whoever comes first: the worker that starts
+  it, or the caller that cancels it. ``cancel()`` is True only when the caller's claim
+  won, so the task never runs (the worker that gets to it skips it), and False when a
+  worker's did: the task has started, as ``ProcessPoolExecutor.cancel()`` of a running
+  call. A claim is a file created with ``O_EXCL`` in a directory the caller makes in
+  /dev/shm (one system call, ~10 us), for every worker on the caller's machine; a worker
+  on another machine (no such directory there) claims a key of Ray's key-value store
+  with a put-if-absent (one GCS round trip), and a caller connected to a cluster claims
+  there too. A retried attempt (a lost worker) finds its own earlier claim and runs.
+  The caller removes a task's claims when its future completes, the directory when it
+  stops using Ray.
 - **Stuck marks**: a worker whose task is past its ``timeout`` and stuck where the
   interrupt cannot reach (one long C call) marks the task, then ends its own process;
   Ray runs the task again (a lost worker), and that attempt, seeing the mark, fails at
@@ -20,108 +23,137 @@ and from every worker of the cluster):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
-import time
+import uuid
 
 import ray
 from ray.experimental import internal_kv
 
-__all__ = ["CancelBoard", "cancelled_here", "REFRESH", "mark_stuck_and_exit", "stuck_key",
-           "was_stuck"]
+__all__ = ["Claims", "claimed_by_caller", "mark_stuck_and_exit", "stuck_key", "was_stuck"]
 
-BOARD_PREFIX = "unidist-api-cancel:"
+CLAIM_PREFIX = "unidist-api-claim:"
 STUCK_PREFIX = "unidist-api-stuck:"
-REFRESH = 0.2  # seconds a worker trusts its last read of the cancel board
+_WORKER, _CALLER = b"r", b""  # what a claim holds: a worker's, or the caller's (empty)
 
 
-def _job_key() -> str:
-    """The board's key for this process's job (the driver's, and its workers' alike)."""
-    return BOARD_PREFIX + ray.get_runtime_context().get_job_id()
+def _claims_root() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
 # -- in the caller ------------------------------------------------------------------------------
-class CancelBoard:
-    """The caller's side: task ids to skip, posted to the GCS by one thread (``post``)."""
+class Claims:
+    """The caller's side: claims tasks it cancels, removes those of finished tasks.
 
-    def __init__(self) -> None:
-        try:
-            self.key: str | None = _job_key()
-        except Exception:  # a Ray without job ids here (e.g. a client): no cancelling
-            self.key = None
+    ``spec`` is what a task carries to its worker: ``(directory, key prefix)``.
+    ``in_store`` says whether the caller also claims in Ray's key-value store (it is
+    connected to a cluster, whose nodes may be other machines).
+    """
+
+    def __init__(self, in_store: bool) -> None:
+        token = uuid.uuid4().hex
+        self.directory = os.path.join(_claims_root(), f"unidist-api-claims-{token}")
+        os.mkdir(self.directory, 0o700)
+        self.prefix = f"{CLAIM_PREFIX}{token}:"
+        self.spec = (self.directory, self.prefix)
+        self.in_store = in_store
         self._lock = threading.Lock()
-        self._ids: set[str] = set()
-        self._dirty = False  # changed since the last post
-        self._posted = False  # the key exists in the GCS
+        self._keys: set[str] = set()  # claims in the store (ours or a worker's) to remove
 
-    def add(self, task_id: str) -> bool:
-        """List a task to skip; False if this board cannot work (no key)."""
-        if self.key is None:
+    def cancel(self, task_id: str) -> bool:
+        """Claim the task for the caller: True if it has not started (nor will it)."""
+        try:
+            os.close(os.open(os.path.join(self.directory, task_id),
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False  # a worker on this machine claimed it: it runs
+        except OSError:  # the directory is gone: we stopped using Ray
+            return False
+        if not self.in_store:
+            return True
+        key = self.prefix + task_id
+        try:
+            existed = internal_kv._internal_kv_put(key, _CALLER, overwrite=False)
+        except Exception:  # the GCS unreachable: we cannot know, so it may run
+            logging.getLogger(__name__).debug("claiming a task failed", exc_info=True)
             return False
         with self._lock:
-            self._ids.add(task_id)
-            self._dirty = True
-        return True
+            self._keys.add(key)
+        return not existed  # else a worker on another machine claimed it: it runs
 
-    def discard(self, task_id: str) -> None:
-        """Forget a task that finished (skipped or not): the board stays small."""
-        if self._ids:  # unlocked peek: the common case is an empty board
-            with self._lock:
-                if task_id in self._ids:
-                    self._ids.discard(task_id)
-                    self._dirty = True
+    def started(self, task_id: str) -> bool:
+        """Whether a worker on this machine claimed the task (it runs, or ran)."""
+        return os.path.exists(os.path.join(self.directory, task_id))
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
-    def post(self) -> None:
-        """Write the board to the GCS if it changed (from one thread only: order kept)."""
-        with self._lock:
-            if not self._dirty or self.key is None:
-                return
-            self._dirty = False
-            value = ",".join(self._ids).encode()
+    def finished(self, task_id: str) -> None:
+        """The task's future completed: its claims go (one in the store, which a worker
+        on another machine made, is removed by :meth:`sweep`, off the caller's thread)."""
         try:
-            if value:
-                internal_kv._internal_kv_put(self.key, value)
-                self._posted = True
-            elif self._posted:
-                internal_kv._internal_kv_del(self.key)
-                self._posted = False
-        except Exception:  # Ray stopping: the tasks go with it
-            logging.getLogger(__name__).debug("posting the cancel board failed", exc_info=True)
+            os.unlink(os.path.join(self.directory, task_id))
+        except FileNotFoundError:  # no worker here claimed it: one elsewhere may have
+            if self.in_store:
+                with self._lock:
+                    self._keys.add(self.prefix + task_id)
+        except OSError:
+            pass
+
+    def sweep(self) -> None:
+        """Remove the store's claims of finished tasks (the completer thread)."""
+        if not self.in_store or not self._keys:
+            return
+        with self._lock:
+            keys, self._keys = self._keys, set()
+        for key in keys:
+            try:
+                internal_kv._internal_kv_del(key)
+            except Exception:  # Ray stopping: its store goes with it
+                return
 
     def close(self) -> None:
-        if self._posted and self.key is not None:
-            self._posted = False
-            try:
-                internal_kv._internal_kv_del(self.key)
-            except Exception:
-                pass
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.in_store:
+            with contextlib.suppress(Exception):
+                internal_kv._internal_kv_del(self.prefix, del_by_prefix=True)
 
 
 # -- on the worker ------------------------------------------------------------------------------
-_board: tuple[float, frozenset[str]] = (-1e9, frozenset())  # (read at, ids) in this process
-_board_key: str | None = None  # a Ray worker process serves one job: its key never changes
+def claimed_by_caller(spec: tuple[str, str]) -> bool:
+    """Claim the task this worker starts; True if the caller claimed it first (cancelled).
 
-
-def cancelled_here() -> bool:
-    """Whether the caller cancelled the task this worker is starting (see the module doc)."""
-    global _board, _board_key
-    now = time.monotonic()
-    read_at, ids = _board
-    if now - read_at > REFRESH:
+    An earlier attempt's claim (Ray runs a task again when its worker was lost) is this
+    task's own: it runs.
+    """
+    directory, prefix = spec
+    task_id = ray.get_runtime_context().get_task_id() or ""
+    path = os.path.join(directory, task_id)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
         try:
-            if _board_key is None:
-                _board_key = _job_key()
-            value = internal_kv._internal_kv_get(_board_key)
-        except Exception:  # the GCS unreachable for a moment: run the task (best effort)
-            value = None
-        ids = frozenset(value.decode().split(",")) if value else frozenset()
-        _board = (now, ids)
-    return bool(ids) and (ray.get_runtime_context().get_task_id() or "") in ids
+            with open(path, "rb") as claim:
+                return claim.read(1) == _CALLER
+        except OSError:  # removed meanwhile: the caller is done with it
+            return True
+    except FileNotFoundError:  # another machine than the caller's: the key-value store
+        return _claimed_in_store(prefix + task_id)
+    try:
+        os.write(fd, _WORKER)
+    finally:
+        os.close(fd)
+    return False
+
+
+def _claimed_in_store(key: str) -> bool:
+    try:
+        if not internal_kv._internal_kv_put(key, _WORKER, overwrite=False):
+            return False
+        return internal_kv._internal_kv_get(key) == _CALLER
+    except Exception:  # the GCS unreachable: run it (the caller could not claim it either)
+        return False
 
 
 def mark_stuck_and_exit(key: str) -> None:

@@ -21,17 +21,17 @@ and only queues the future for one completer thread per runtime (which also swee
 which completes it with the ``ObjectRef`` itself: the value is fetched on the first
 ``result()`` (:func:`.data.load`), so a result passed on to another task never visits
 the caller. A failed task is never completed by a fetch: the fetch leaves it to that
-path, so ``result()`` raises the task's own exception with its remote traceback. A
-watched future is completed as a success even when its task failed (that shows when the
-value is loaded), except for tasks that ask to report failures (``Task.report_failure``:
-every task of a ``reduce``, which must fail fast): those return a tiny status value
-first (``num_returns=2``), which the completer reads, so their future fails as soon as
-the task does.
+path, so ``result()`` raises the task's own exception with its remote traceback. Every
+task returns a tiny status value first (``num_returns=2``; no measurable cost), which is
+what a watched future waits for and the completer reads: so a failed task's future
+fails as soon as the task does, for the stdlib's ``wait(FIRST_EXCEPTION)`` too, without
+its value being loaded.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import queue
 import threading
@@ -68,13 +68,11 @@ class Completer:
     ``ObjectRef._on_ready`` calls back on Ray's I/O thread without fetching the value;
     user code (a done callback may call ``result()``, i.e. ``ray.get``) must not run
     there, so the callback only queues the future for this thread. Every SWEEP_EVERY
-    seconds the thread also calls :meth:`sweep`, and posts the cancel board when it
-    changed.
+    seconds the thread also calls :meth:`sweep`.
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._board = runtime.board
         self._queue: queue.SimpleQueue[tuple[Future[Any] | None, BaseException | None] | None] = (
             queue.SimpleQueue()
         )
@@ -91,7 +89,7 @@ class Completer:
         self._queue.put((future, error))
 
     def wake(self) -> None:
-        """Sweep now (and post the cancel board if it changed)."""
+        """Sweep now."""
         self._queue.put((None, None))
 
     def stop(self) -> None:
@@ -109,8 +107,6 @@ class Completer:
             future, error = item
             if future is not None:
                 self._complete(future, error)
-            if self._board.dirty and self._queue.empty():  # one write for a burst of changes
-                self._board.post()
             if future is None or time.monotonic() - swept > SWEEP_EVERY:
                 self.sweep()
                 swept = time.monotonic()
@@ -123,6 +119,7 @@ class Completer:
         """
         runtime = self._runtime
         now = time.monotonic()
+        runtime.claims.sweep()
         unwatched = runtime.unwatched
         while unwatched and (runtime.closing or now - unwatched[0][0] > WATCH_AFTER):
             try:
@@ -141,8 +138,7 @@ class Completer:
         """Complete ``future``, whose ObjectRef is ready (``error``: Ray could not wait)."""
         runtime = self._runtime
         close = runtime.untrack(future)
-        if future.cancelled():  # its task is over (skipped or not): off the board
-            self._board.discard(future.handle.task_id().hex())
+        runtime.claims.finished(future.handle.task_id().hex())  # its task is over
         failure = None
         status = getattr(future, "_status", None)
         if error is None and status is not None:
@@ -153,6 +149,8 @@ class Completer:
                     future._work, future._nbytes = facts
             except rex.RayTaskError as err:
                 failure = task_error(err, future.handle)
+                with contextlib.suppress(Exception):  # the value is the same error: read,
+                    ray.get(future.handle, timeout=0)  # so Ray does not log it unhandled
             except rex.RayError as err:  # not the task's own failure (a lost worker)
                 error = err
         try:
@@ -172,6 +170,9 @@ class Completer:
 
 def loaded(runtime: Runtime, future: Future[Any], value: Any) -> None:
     """Complete ``future`` with its value, fetched by :meth:`RayBackend.fetch`."""
+    if isinstance(future, RayFuture):
+        future._status = None  # Ray may drop it
+        runtime.claims.finished(future.handle.task_id().hex())
     try:
         future.set_result(value)
     except cf.InvalidStateError:  # completed by the completer meanwhile
@@ -197,7 +198,7 @@ class RayFuture(Future[T]):
         self._fetching = False  # a fetch waits for it (the sweep leaves it alone)
         self._fn: Callable[..., Any] | None = None  # the task's function, to name it in errors
         self._inputs: list[weakref.ref[RayFuture[Any]]] = []  # its input futures (weakly)
-        self._status: Any = None  # the status ObjectRef of a task reporting failures
+        self._status: Any = None  # the task's status ObjectRef, until it is read
         super().__init__(backend)
 
     def _watch(self) -> None:

@@ -32,7 +32,7 @@ import ray
 from ...errors import ExecutorShutdownError, InvalidOptionError
 from ...exit import arm, exit_on_sigterm_at_once
 from ...futures import Future
-from .cancel import CancelBoard
+from .cancel import Claims
 from .complete import Completer, RayFuture
 from .connect import connect, start_local
 from .worker import _run_task
@@ -67,7 +67,8 @@ class Runtime:
         )
         self.watch_lock = threading.Lock()  # orders watching against closing
         self.remote = ray.remote(_run_task)
-        self.board = CancelBoard()
+        # a private Ray runs on this machine alone: claims need no key-value store there
+        self.claims = Claims(in_store=target is not None or not ours)
         self._nodes: list[dict[str, float]] = []
         self._nodes_at = -math.inf
         self.completer = Completer(self)
@@ -198,7 +199,7 @@ def _close(runtime: Runtime, *, exiting: bool = False) -> None:
         if not exiting:  # results the program still holds stay readable
             for future in list(runtime.unread):
                 future.exception()
-        runtime.board.close()
+        runtime.claims.close()
         if runtime.ours:
             ray.shutdown(wait_for_processes=True)
     for future in dropped:

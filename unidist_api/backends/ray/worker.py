@@ -2,9 +2,9 @@
 
 Its arguments are the task's *spec* (see ``RayBackend._spec``), its *payload* (the
 call's packed arguments) and its inputs (the values of the futures among them, resolved
-by Ray worker to worker). It checks the cancel board, unpickles the spec once per worker
-process (then knows it by its token), runs the executor's initializer once per process,
-runs the task through :func:`~unidist_api.worker.run_native` and returns the packed
+by Ray worker to worker). It unpickles the spec once per worker process (then knows it
+by its token), claims the task (skipping it if the caller cancelled it first:
+:mod:`.cancel`), runs the executor's initializer once per process, runs the task through :func:`~unidist_api.worker.run_native` and returns the packed
 value. A task's own exception leaves as :class:`~.errors.TaskFailed`.
 
 Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
@@ -50,21 +50,21 @@ Wire = bytes | Packed | InStore  # what a task returns to Ray (.data)
 SPECS_MAX = 256  # task specs (function, options, mode) cached, in the caller and per worker
 
 
-def _run_task(*args: Any) -> Wire | tuple[tuple[float | None, int], Wire]:
+def _run_task(*args: Any) -> tuple[tuple[float | None, int], Wire]:
     """The one remote function: initializer, then the task, then its packed value.
 
-    A task asked to report failures (``status`` in its spec) returns a tiny status
-    value before it: the caller learns of a failure from that one, without the value,
-    and of a success what :func:`_facts` says (the worker's own time, the value's size).
+    It returns a tiny status value before the packed value (Ray's ``num_returns=2``):
+    the caller learns of a failure from that one, without loading the value, and of a
+    success what :func:`_facts` says (the worker's own time, the value's size).
 
     ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
     checks the fastest at each call).
     """
     spec, payload, *inputs = args
     try:
-        if cancel.cancelled_here():
+        fn_data, mode, retries, retry_on, init, timeout, claims = _load_spec(spec)
+        if cancel.claimed_by_caller(claims):
             raise cf.CancelledError("the caller cancelled this task before it started")
-        fn_data, mode, retries, retry_on, init, timeout, status = _load_spec(spec)
         on_stuck = None
         if timeout is not None:
             key = cancel.stuck_key()
@@ -81,7 +81,7 @@ def _run_task(*args: Any) -> Wire | tuple[tuple[float | None, int], Wire]:
         data = returned(value)
     except Exception as exc:
         raise TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
-    return (_facts(value, data), data) if status else data
+    return _facts(value, data), data
 
 
 def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
@@ -94,7 +94,8 @@ def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
     return getattr(value, "elapsed", None), size
 
 
-_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None", bool]
+_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None",
+               tuple[str, str]]
 _specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
 
 
