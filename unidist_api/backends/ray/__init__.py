@@ -7,7 +7,7 @@ remote function (:mod:`.worker`), submitted with a small spec, its packed argume
 its input futures' ObjectRefs (:mod:`.backend`); values cross Ray as our own packed
 pickles, large buffers in Ray's object store (:mod:`.data`); futures complete from bulk
 fetches, or from a watcher once something waits (:mod:`.complete`); Ray's errors become
-ours (:mod:`.errors`); cancelling goes through a board in Ray's key-value store, never
+ours (:mod:`.errors`); cancelling claims the task before a worker does, never
 ``ray.cancel`` (:mod:`.cancel`).
 """
 
