@@ -12,6 +12,7 @@ the ``ua_no_leftovers`` fixture checks one test (docs/testing.md).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from collections.abc import Iterator
 
@@ -42,6 +43,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--ua-leftover-grace", default=30.0, type=float, metavar="SECONDS",
         help="how long processes get to exit before they count as left behind (default 30)",
+    )
+    group.addoption(
+        "--ua-end-timeout", default=300.0, type=float, metavar="SECONDS",
+        help="with --ua-check-leftovers: if the end of the run (executors shutting down, "
+             "the leftover check, interpreter exit) takes longer, print every thread's "
+             "stack and exit with status 1 instead of hanging (default 300)",
     )
 
 
@@ -81,8 +88,15 @@ class _Executors:
         return executor
 
     def close(self) -> None:
+        """Shut every one down, even when one of them fails to (then raise that)."""
+        failures: list[BaseException] = []
         for executor in self.started.values():
-            executor.shutdown()
+            try:
+                executor.shutdown()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +146,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     del config.stash[_SESSION_KEY]
     before, sampler = state
+    # from here to the end of the process: a hang ends loudly, with every thread's stack
+    faulthandler.dump_traceback_later(float(config.getoption("ua_end_timeout")), exit=True)
     from ..executor import _shutdown_all
 
     _shutdown_all()  # executors a test left open stop here, as at interpreter exit
