@@ -268,8 +268,11 @@ class _Run:
                 if self.failure is not None and number > self.failure[0]:
                     continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
-                future = self.runner.submit(Task(stage.fn, (batch,), {}, stage.options, EACH,
-                                                 deps))
+                middle = index + 1 < len(self.stages)  # its value stays on the workers:
+                future = self.runner.submit(  # what its engine can tell of it, it tells
+                    Task(stage.fn, (batch,), {}, stage.options, EACH, deps,
+                         report_failure=middle)
+                )
                 self.running[index] += 1
                 self.futures[future] = number
                 self.started[future] = time.monotonic()

@@ -116,7 +116,8 @@ def tree_reduce(runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterabl
     alarm = _Alarm()
 
     def submit(func: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = runner.submit(Task(func, args, {}, options, deps=find_futures(args, {})))
+        future = runner.submit(Task(func, args, {}, options, deps=find_futures(args, {}),
+                                            report_failure=True))
         alarm.watch(future)
         return future
 

@@ -52,7 +52,11 @@ class Task:
 
     ``mode`` is :data:`~unidist_api.worker.CALL` for ``fn(*args, **kwargs)`` or a batch
     mode (``args[0]`` is a list of items). ``deps`` are the futures found inside the
-    arguments (empty when there are none), found once by the facade.
+    arguments (empty when there are none), found once by the facade. ``report_failure``
+    asks that a failure be known when the future completes without its value being
+    loaded (a pipeline's middle stages, reduce: values that stay on the workers): a
+    backend that otherwise learns of failures only on loading (ray) then pays a little
+    per task for it.
     """
 
     fn: Callable[..., Any]
@@ -61,6 +65,7 @@ class Task:
     options: TaskOptions = DEFAULT_OPTIONS
     mode: int = CALL
     deps: list[Future[Any]] = field(default_factory=list)
+    report_failure: bool = False
 
 
 #: Options every backend accepts: ``memory_budget`` (bytes; default 64 MiB), what ``map``

@@ -98,8 +98,8 @@ class RayBackend(Backend):
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._functions = FunctionCache()
-        self._calls: dict[TaskOptions, tuple[Any, Embedded]] = {}
-        self._specs: dict[tuple[int, int, int], _Spec] = {}
+        self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Embedded]] = {}
+        self._specs: dict[tuple[int, int, int, bool], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
 
     # -- where it runs -----------------------------------------------------------------
@@ -170,11 +170,14 @@ class RayBackend(Backend):
                 return future
         else:
             handles = []
-        spec = self._specs.get((id(fn_data), id(task.options), task.mode))
+        status = task.report_failure
+        spec = self._specs.get((id(fn_data), id(task.options), task.mode, status))
         if spec is None:
-            spec = self._spec(runtime, fn_data, task.options, task.mode)
-        # first a tiny status value, which tells a failure without loading the value
-        future._status, future.handle = spec.remote.remote(spec.arg, payload, *handles)
+            spec = self._spec(runtime, fn_data, task.options, task.mode, status)
+        if status:  # a second, tiny return value tells a failure without loading the value
+            future._status, future.handle = spec.remote.remote(spec.arg, payload, *handles)
+        else:
+            future.handle = spec.remote.remote(spec.arg, payload, *handles)
         future._fn = task.fn
         if inputs:  # weakly: a lost input is named in this task's WorkerLostError
             future._inputs = [weakref.ref(dep) for dep in inputs if isinstance(dep, RayFuture)]
@@ -282,22 +285,23 @@ class RayBackend(Backend):
             return dep.handle  # an ObjectRef: Ray resolves it on the worker
         return data.for_ray(packed_value(dep))  # raises the input's exception if it failed
 
-    def _spec(self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int
-              ) -> _Spec:
+    def _spec(self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int,
+              status: bool) -> _Spec:
         """What every task of this function, options and mode passes to ``_run_task``.
 
         A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
-        initializer, timeout, claims)``, which a worker unpickles once and then knows by the
-        token. Inline when small; else the token, the pickle's ObjectRef (put once; a worker
-        reads it only when it does not know the token) and the initializer's ``(token,
-        ObjectRef)``.
+        initializer, timeout, claims, status)``, which a worker unpickles once and then knows
+        by the token. Inline when small; else the token, the pickle's ObjectRef (put once; a
+        worker reads it only when it does not know the token) and the initializer's
+        ``(token, ObjectRef)``. With ``status`` the task returns a tiny status value first.
         """
-        remote, retry_on = self._call(runtime, options)
+        remote, retry_on = self._call(runtime, options, status)
         init = self._initializer()
         small_init = init is None or isinstance(init[1], bytes)
         spec_data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
                                                 init if small_init else None,
-                                                options.timeout, runtime.claims.spec))
+                                                options.timeout, runtime.claims.spec,
+                                                status))
         arg: Any = spec_data
         if len(spec_data) > INLINE_BYTES or not small_init:
             arg = (spec_data[:16],
@@ -306,21 +310,24 @@ class RayBackend(Backend):
         spec = _Spec(fn_data, options, arg, remote)
         if len(self._specs) >= SPECS_MAX:
             self._specs.clear()
-        self._specs[(id(fn_data), id(options), mode)] = spec
+        self._specs[(id(fn_data), id(options), mode, status)] = spec
         return spec
 
-    def _call(self, runtime: Runtime, options: TaskOptions) -> tuple[Any, Embedded]:
+    def _call(self, runtime: Runtime, options: TaskOptions, status: bool
+              ) -> tuple[Any, Embedded]:
         """The remote function with Ray options for ``options``, and the pickled retry_on.
 
-        Every task returns two values: a tiny status first (see :mod:`.complete`), then
-        the task's value.
+        With ``status`` the task returns two values: a tiny status first (see
+        :mod:`.complete`), then the task's value.
         """
-        call = self._calls.get(options)
+        call = self._calls.get((options, status))
         if call is None:
             ray_options: dict[str, Any] = {
                 "num_cpus": options.cpus, "max_retries": LOST_WORKER_RETRIES,
-                "retry_exceptions": False, "num_returns": 2,
+                "retry_exceptions": False,
             }
+            if status:
+                ray_options["num_returns"] = 2
             if options.gpus:
                 ray_options["num_gpus"] = options.gpus
             if options.memory is not None:
@@ -330,7 +337,8 @@ class RayBackend(Backend):
             if self._runtime_env:
                 ray_options["runtime_env"] = self._runtime_env
             retry_on = Embedded(dumps_value(options.retry_on, "the retry_on exception classes"))
-            call = self._calls[options] = (runtime.remote.options(**ray_options), retry_on)
+            call = self._calls[(options, status)] = (runtime.remote.options(**ray_options),
+                                                     retry_on)
         return call
 
     def _initializer(self) -> tuple[str, Any] | None:

@@ -21,11 +21,17 @@ and only queues the future for one completer thread per runtime (which also swee
 which completes it with the ``ObjectRef`` itself: the value is fetched on the first
 ``result()`` (:func:`.data.load`), so a result passed on to another task never visits
 the caller. A failed task is never completed by a fetch: the fetch leaves it to that
-path, so ``result()`` raises the task's own exception with its remote traceback. Every
-task returns a tiny status value first (``num_returns=2``; no measurable cost), which is
-what a watched future waits for and the completer reads: so a failed task's future
-fails as soon as the task does, for the stdlib's ``wait(FIRST_EXCEPTION)`` too, without
-its value being loaded.
+path, so ``result()`` raises the task's own exception with its remote traceback.
+
+Whether a task failed shows only when its value is read, so a watched future is
+completed as a success with its ObjectRef (``exception()`` then loads the value to tell)
+except in two cases. Tasks that ask to report failures (``Task.report_failure``: a
+pipeline's middle stages and every task of a ``reduce``, whose values stay on the
+workers) return a tiny status value first (``num_returns=2``), which the completer
+reads. And a future that ``concurrent.futures.wait`` or ``as_completed`` waits on (it
+has waiters: they learn only from ``set_result``/``set_exception``) is loaded by the
+completer first, so the stdlib's ``wait(FIRST_EXCEPTION)`` sees a failure when it
+happens. A status value on every task would cost ~5-10% of a tiny task's CPU time.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import ray.exceptions as rex
 from ...errors import WorkerLostError
 from ...futures import Future
 from .data import load
+from .data import loaded as loaded_value
 from .errors import LOST_WORKER, engine_error, task_error
 
 if TYPE_CHECKING:
@@ -158,14 +165,42 @@ class Completer:
                 future.partial = failure.partial
                 future.set_remote_exception(failure.exc, failure.tb)
             elif error is None:
-                future.set_serialized_result(future.handle, load)
-                runtime.unread.add(future)
+                with future._condition:  # cf.wait installs its waiters under this lock
+                    waited = status is None and bool(getattr(future, "_waiter_list", None))
+                    if not waited:
+                        future.set_serialized_result(future.handle, load)
+                        runtime.unread.add(future)
+                if waited:
+                    self._load_for_waiters(future)
             else:
                 future.set_exception(engine_error(error, getattr(future, "_fn", None)))
         except cf.InvalidStateError:  # failed by an exiting interpreter meanwhile
             pass
         if close:
             runtime.close()
+
+    def _load_for_waiters(self, future: Future[Any]) -> None:
+        """Complete a future that ``concurrent.futures.wait``/``as_completed`` wait on
+        with its loaded value or its task's failure: those are told only by
+        ``set_result``/``set_exception``, so ``wait(FIRST_EXCEPTION)`` must get the right
+        one (a task that does not report failures tells only when its value is read)."""
+        try:
+            wire = ray.get(future.handle, timeout=10)  # ready: here, or a copy on its way
+        except rex.RayTaskError as err:
+            failure = task_error(err, future.handle)
+            future.partial = failure.partial
+            future.set_remote_exception(failure.exc, failure.tb)
+            return
+        except rex.RayError as err:  # not the task's own failure (a lost worker)
+            future.set_exception(engine_error(err, getattr(future, "_fn", None)))
+            return
+        try:
+            value = loaded_value(wire)
+        except Exception:  # unpicklable here: result() raises SerializationError
+            future.set_serialized_result(future.handle, load)
+            self._runtime.unread.add(future)
+            return
+        future.set_result(value)
 
 
 def loaded(runtime: Runtime, future: Future[Any], value: Any) -> None:

@@ -50,19 +50,20 @@ Wire = bytes | Packed | InStore  # what a task returns to Ray (.data)
 SPECS_MAX = 256  # task specs (function, options, mode) cached, in the caller and per worker
 
 
-def _run_task(*args: Any) -> tuple[tuple[float | None, int], Wire]:
+def _run_task(*args: Any) -> Wire | tuple[tuple[float | None, int], Wire]:
     """The one remote function: initializer, then the task, then its packed value.
 
-    It returns a tiny status value before the packed value (Ray's ``num_returns=2``):
-    the caller learns of a failure from that one, without loading the value, and of a
-    success what :func:`_facts` says (the worker's own time, the value's size).
+    A task asked to report failures (``status`` in its spec) returns a tiny status
+    value before it (Ray's ``num_returns=2``): the caller learns of a failure from that
+    one, without loading the value, and of a success what :func:`_facts` says (the
+    worker's own time, the value's size).
 
     ``args`` are the spec, the payload and the inputs (a lone ``*args`` is what Ray
     checks the fastest at each call).
     """
     spec, payload, *inputs = args
     try:
-        fn_data, mode, retries, retry_on, init, timeout, claims = _load_spec(spec)
+        fn_data, mode, retries, retry_on, init, timeout, claims, status = _load_spec(spec)
         if cancel.claimed_by_caller(claims):
             raise cf.CancelledError("the caller cancelled this task before it started")
         on_stuck = None
@@ -81,7 +82,7 @@ def _run_task(*args: Any) -> tuple[tuple[float | None, int], Wire]:
         data = returned(value)
     except Exception as exc:
         raise TaskFailed.carrying(unpicklable_result(fn_data, value, exc)) from None
-    return _facts(value, data), data
+    return (_facts(value, data), data) if status else data
 
 
 def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
@@ -95,7 +96,7 @@ def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
 
 
 _Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None",
-               tuple[str, str]]
+               tuple[str, str], bool]
 _specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
 
 
