@@ -50,9 +50,8 @@ import ray
 import ray.exceptions as rex
 
 from ...errors import WorkerLostError
-from ...futures import Future
+from ...futures import Future, RemoteFailure
 from .data import load
-from .data import loaded as loaded_value
 from .errors import LOST_WORKER, engine_error, task_error
 
 if TYPE_CHECKING:
@@ -185,17 +184,12 @@ class Completer:
         ``set_result``/``set_exception``, so ``wait(FIRST_EXCEPTION)`` must get the right
         one (a task that does not report failures tells only when its value is read)."""
         try:
-            wire = ray.get(future.handle, timeout=10)  # ready: here, or a copy on its way
-        except rex.RayTaskError as err:
-            failure = task_error(err, future.handle)
+            value = load(future.handle)  # ready: fetched and unpacked, as result() would
+        except RemoteFailure as failure:
             future.partial = failure.partial
-            future.set_remote_exception(failure.exc, failure.tb)
+            exc = future._named(failure.exc) if isinstance(future, RayFuture) else failure.exc
+            future.set_remote_exception(exc, failure.tb)
             return
-        except rex.RayError as err:  # not the task's own failure (a lost worker)
-            future.set_exception(engine_error(err, getattr(future, "_fn", None)))
-            return
-        try:
-            value = loaded_value(wire)
         except Exception:  # unpicklable here: result() raises SerializationError
             future.set_serialized_result(future.handle, load)
             self._runtime.unread.add(future)
@@ -279,13 +273,20 @@ class RayFuture(Future[T]):
         try:
             return super()._materialize()
         except WorkerLostError as exc:  # mapped by data.load, which cannot know the task
-            cause = exc.__cause__
-            if self._fn is None or not isinstance(cause, LOST_WORKER):
+            named = self._named(exc)
+            if named is exc:
                 raise
-            named = engine_error(cause, self._lost_fn())
             with self._condition:
                 self._exception = named
-            raise named from cause
+            raise named from exc.__cause__
+
+    def _named(self, exc: BaseException) -> BaseException:
+        """A lost worker's error as data.load made it, naming the task that lost it."""
+        cause = exc.__cause__
+        if (not isinstance(exc, WorkerLostError) or self._fn is None
+                or not isinstance(cause, LOST_WORKER)):
+            return exc
+        return engine_error(cause, self._lost_fn())
 
     def _lost_fn(self) -> Callable[..., Any] | None:
         """The function of the task that lost its worker: this one's, or a lost input's.
