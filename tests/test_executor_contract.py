@@ -191,6 +191,32 @@ def test_map_timeout_cancels_the_call_it_waited_on(ua_backend, tmp_path):
         assert mine == theirs
 
 
+def fail_first_else_touch(path):
+    if path.endswith("/0"):
+        time.sleep(0.2)
+        raise ValueError("item 0 failed")
+    touch(path)
+    time.sleep(0.3)
+    return path
+
+
+def test_map_error_cancels_the_calls_not_started(ua_backend, tmp_path):
+    """The first error from the iterator cancels the map's calls that have not started:
+    far fewer than all of them run, as with the stdlib's map."""
+    def scenario(executor, paths):
+        results = executor.map(fail_first_else_touch, paths, chunksize=1)
+        with pytest.raises(ValueError, match="item 0 failed"):
+            list(results)
+        time.sleep(3.0)  # without the cancel, every call would have run by now
+        return len(ran(paths))
+
+    with stdlib_pool() as stdlib:
+        theirs = scenario(stdlib, paths_in(tmp_path, "stdlib", 24))
+    with own(ua_backend) as ex:
+        mine = scenario(ex, paths_in(tmp_path, "ours", 24))
+    assert theirs < 23 and mine < 23, (theirs, mine)
+
+
 def test_map_chunksize_and_several_iterables_as_the_stdlib(ua_backend):
     with stdlib_pool() as stdlib:
         expected = list(stdlib.map(pow, range(20), [2] * 15, chunksize=4))
