@@ -330,25 +330,30 @@ class _Stream:
             batch = future.take_result()
         except BaseException:
             partial, future.partial = list(future.partial or ()), None
-            partial.reverse()
-            while partial:
-                self._count(per_item)
-                yield partial.pop()
+            yield from self._hand_out(partial, per_item)
             raise
         self.batcher.observe(batch)
         self.yielded = True
         if batch:
             self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
-        batch.reverse()
-        while batch:
-            self._count(per_item)
-            yield batch.pop()
+        yield from self._hand_out(batch, per_item)
 
-    def _count(self, per_item: float) -> None:
-        self.in_flight -= 1
-        self.held -= per_item
-        if self.bar is not None:
-            self.bar.update(1)
+    def _hand_out(self, values: list[Any], per_item: float) -> Iterator[Any]:
+        """Yield ``values``, emptying the list as it goes (no reference stays here).
+
+        The batch leaves the window at once: ``fill`` runs only between batches.
+        """
+        self.in_flight -= len(values)
+        self.held -= per_item * len(values)
+        values.reverse()
+        pop, bar = values.pop, self.bar
+        if bar is None:
+            while values:
+                yield pop()
+        else:
+            while values:
+                bar.update(1)
+                yield pop()
 
 
 _CANCELLED = ("map: the executor was shut down with cancel_futures=True while this map was "

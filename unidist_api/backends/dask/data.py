@@ -208,6 +208,10 @@ class Result:
         try:
             data = self.handle.result()
         except Exception as exc:
+            if self._value is not UNREAD:  # shutdown brought it over, then closed the
+                return self._value  # client under this read
+            if self._failure is not None:
+                raise self._failure from None
             error = engine_error(exc, self.handle, reading=True)
             if error is None:
                 raise  # e.g. a value this process cannot unpickle
