@@ -213,7 +213,7 @@ def wait(futures: Iterable[Future[T]], timeout: float | None = None,
 # it is settled, so that exit still waits for that work.
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _collected: set[Runner] = set()
-_collected_lock = threading.Lock()
+_collected_lock = threading.RLock()  # finalizers take it: they run where GC runs
 _hooked = False
 
 
@@ -232,8 +232,8 @@ def _on_collected(runner: Runner) -> None:
     (a collection can run while this thread holds one of the locks shutdown takes)."""
     if runner.closed:
         return
-    with _collected_lock:
-        for settled in [other for other in _collected if other.settled]:
+    with _collected_lock:  # reentrant: a collection may run this inside its own block
+        for settled in [other for other in list(_collected) if other.settled]:
             _collected.discard(settled)
         _collected.add(runner)
     threading.Thread(target=runner.close, args=(False, False), daemon=True,
@@ -241,8 +241,9 @@ def _on_collected(runner: Runner) -> None:
 
 
 def _runners() -> list[Runner]:
-    with _collected_lock:
-        return [executor._runner for executor in list(_live)] + list(_collected)
+    live = [executor._runner for executor in list(_live)]  # may collect one: it lands in
+    with _collected_lock:  # _collected, through _on_collected
+        return live + [runner for runner in list(_collected) if runner not in live]
 
 
 def _finish_all(interrupted: bool = False) -> None:

@@ -50,7 +50,7 @@ import ray
 import ray.exceptions as rex
 
 from ...errors import WorkerLostError
-from ...futures import Future, RemoteFailure
+from ...futures import Future, RemoteFailure, _Serialized
 from .data import load
 from .errors import LOST_WORKER, engine_error, task_error
 
@@ -164,12 +164,12 @@ class Completer:
                 future.partial = failure.partial
                 future.set_remote_exception(failure.exc, failure.tb)
             elif error is None:
-                with future._condition:  # cf.wait installs its waiters under this lock
-                    waited = status is None and bool(getattr(future, "_waiter_list", None))
-                    if not waited:
-                        future.set_serialized_result(future.handle, load)
-                        runtime.unread.add(future)
-                if waited:
+                if status is not None or not isinstance(future, RayFuture):
+                    future.set_serialized_result(future.handle, load)
+                    runtime.unread.add(future)
+                elif future.complete_unless_waited():
+                    runtime.unread.add(future)
+                else:
                     self._load_for_waiters(future)
             else:
                 future.set_exception(engine_error(error, getattr(future, "_fn", None)))
@@ -234,6 +234,24 @@ class RayFuture(Future[T]):
         if not self._watched:
             self._watched = True
             self._runtime.watch(self)
+
+    def complete_unless_waited(self) -> bool:
+        """Complete with the ObjectRef (the value loaded on first read), unless the
+        stdlib's ``wait``/``as_completed`` wait on this future: False then, nothing done.
+
+        Decided and done under the lock those install their waiters under, so none is
+        installed in between; callbacks run after it, as in ``set_result``.
+        """
+        with self._condition:
+            if self._waiter_list:
+                return False
+            if self._state != _PENDING and self._state != cf._base.RUNNING:
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = _Serialized(self.handle, load)  # type: ignore[assignment]
+            self._state = _FINISHED
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
 
     @property
     def _waiters(self) -> list[Any]:
