@@ -425,6 +425,32 @@ def test_an_executor_collected_while_exit_lists_the_executors_does_not_deadlock(
     assert done.stdout.split() == ["listed", "1"]  # the collected one is still waited for
 
 
+MAP_COLLECTED_UNDER_THE_LOCK = """
+import gc
+import unidist_api as ua
+
+executor = ua.Executor("local", workers=1)
+results = executor.map(abs, range(3), buffersize=2)  # never advanced
+cycle = [results]
+cycle.append(cycle)  # only the garbage collector frees it
+del results, cycle
+with executor._runner._lock:  # a collection that runs while the runner's lock is held
+    gc.collect()
+executor.shutdown()
+print("done")
+"""
+
+
+def test_a_map_collected_while_the_runner_lock_is_held_does_not_deadlock():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MAP_COLLECTED_UNDER_THE_LOCK],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["done"]
+
+
 EXIT_PROGRAM = """
 import concurrent.futures as cf, multiprocessing, os, sys, time
 import unidist_api as ua

@@ -49,7 +49,9 @@ class Runner:
         self.backend = backend
         self.closed = False
         self._streams: set[Stream] = set()  # maps still running
-        self._lock = threading.Lock()
+        # reentrant: a map dropped without being advanced unregisters from a weakref
+        # callback, which runs wherever a garbage collection does, maybe inside a block
+        self._lock = threading.RLock()
         self._deferred = False  # shut down with wait=False while maps ran: stop after them
         self._drains: list[threading.Thread] = []
         self._close_lock = threading.Lock()
