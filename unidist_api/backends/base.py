@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import os
+import random
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -38,12 +39,23 @@ from ..worker import CALL, OK, InitializerFailed, Input, Outcome, failure_detail
 
 __all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
            "fail_from_engine", "positive_option", "check_listening",
-           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value", "broken_error"]
+           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value", "broken_error",
+           "hash_seed"]
 
 #: How often a task whose worker process died is run again before it fails with
 #: WorkerLostError, on every backend: Ray's and Dask's own default. Independent of the
 #: ``retries`` task option, which counts exceptions the task raises (docs/reliability.md).
 LOST_WORKER_RETRIES = 3
+
+
+def hash_seed() -> str:
+    """One ``PYTHONHASHSEED`` for all the worker processes of an executor: the caller's
+    own if it set one, else one drawn now, so ``hash()`` of a str puts a key in the same
+    bucket in every worker (as Dask's nannies do with theirs)."""
+    seed = os.environ.get("PYTHONHASHSEED", "")
+    if seed.isdigit():
+        return seed
+    return str(random.SystemRandom().randrange(1, 2**32))
 
 
 @dataclass(slots=True)

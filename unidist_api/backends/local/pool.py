@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ...exit import arm, on_exit
+from ..base import hash_seed
 from .worker import start_worker
 
 if TYPE_CHECKING:
@@ -34,11 +35,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 
 def worker_env(workers: int, env: Mapping[str, str] | None) -> dict[str, str]:
-    """The environment variables set in every worker: thread limits, then ``env``."""
+    """The environment variables set in every worker: thread limits, one hash seed
+    for the pool (:func:`~..base.hash_seed`), then ``env``."""
     threads = str(max((os.cpu_count() or 1) // max(workers, 1), 1))
     found = {var: os.environ.get(var, threads) for var in THREAD_VARS}
+    found["PYTHONHASHSEED"] = hash_seed()
     found.update(env or {})
     return found
+
 
 
 def new_pool(workers: int, init_data: bytes | None, env: Mapping[str, str] | None,

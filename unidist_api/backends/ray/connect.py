@@ -29,17 +29,26 @@ import ray
 from ray._private import ray_constants
 
 from ...errors import BackendNotInstalledError, ClusterConnectionError
-from ..base import check_listening
+from ..base import check_listening, hash_seed
 
 __all__ = ["start_local", "connect"]
 
 
 def start_local(workers: int | None) -> None:
-    """Start the private local Ray, every process of it bound to 127.0.0.1."""
+    """Start the private local Ray, every process of it bound to 127.0.0.1, its worker
+    processes all with one ``PYTHONHASHSEED`` (the raylet's, which they inherit)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    with _loopback_only():
-        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
-                 include_dashboard=False, logging_level=logging.ERROR)
+    saved = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = hash_seed()  # for the processes ray.init starts
+    try:
+        with _loopback_only():
+            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
+                     include_dashboard=False, logging_level=logging.ERROR)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = saved
 
 
 @contextlib.contextmanager
