@@ -50,11 +50,10 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dask.config
-from dask.typing import Key
 from dask.utils import funcname
 from distributed import Client
 from distributed import Future as DaskFuture
@@ -67,7 +66,7 @@ from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
 from ...worker import InitializerFailed
 from ..base import Backend, Task, packed_value, positive_option, prepare_native
-from .cancel import cancel_unstarted
+from .cancel import cancel_unfinished, cancel_unstarted, started
 from .cluster import EmbeddedCluster, embedded_resources
 from .complete import Completion
 from .connect import DEFAULT_CONNECT_TIMEOUT, connect
@@ -189,11 +188,12 @@ class DaskBackend(Backend):
         with self._completion.lock:
             if handle.key in self._completion.cancelled:  # by shutdown, a moment ago
                 return True
-        return bool(self._cancel_in_dask([handle]))
+        return bool(cancel_unstarted(self._client, self._completion, [handle]))
 
     def running(self, future: Future[Any]) -> bool:
         handle: DaskFuture[Any] | None = future.handle
-        return handle is not None and handle.status == "pending" and bool(self._started([handle]))
+        return (handle is not None and handle.status == "pending"
+                and bool(started(self._client, [handle])))
 
     def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Wait for ``futures``; bring over the values not read yet in one ``client.gather``.
@@ -252,7 +252,7 @@ class DaskBackend(Backend):
         with self._lock:
             self._closed = True
         if cancel_futures:
-            self._cancel_unstarted()
+            cancel_unfinished(self._client, self._completion)
         if wait:
             self._drain_and_close()
         else:
@@ -313,50 +313,7 @@ class DaskBackend(Backend):
         """What a task receives for an input future: our Dask future, or another's value."""
         return dep.handle if dep._backend is self else packed_value(dep)
 
-    def _started(self, handles: Iterable[DaskFuture[Any]]) -> set[DaskFuture[Any]]:
-        """Those of ``handles`` the scheduler has handed to a worker (they may be running)."""
-        client = self._client
-        if client is None:
-            return set(handles)
-        try:
-            processing = {key for keys in client.processing().values() for key in keys}
-        except Exception:  # cannot tell: count them as started
-            return set(handles)
-        return {handle for handle in handles if handle.key in processing}
-
     # -- stopping ---------------------------------------------------------------------------
-    def _cancel_in_dask(self, handles: list[DaskFuture[Any]]) -> set[Key]:
-        """Cancel those of these tasks no worker has been given (:mod:`.cancel`); the
-        keys of those cancelled, whose done callbacks then cancel our futures."""
-        client = self._client
-        if client is None or not handles:
-            return set()
-        keys = [handle.key for handle in handles]
-        completion = self._completion
-        with completion.lock:
-            completion.cancelling.update(keys)
-        try:
-            cancelled = cancel_unstarted(client, keys)
-        except Exception:  # the scheduler cannot be asked: nothing is cancelled
-            logging.getLogger(__name__).debug("cancelling on the scheduler failed",
-                                              exc_info=True)
-            cancelled = set()
-        with completion.lock:
-            completion.cancelling.difference_update(set(keys) - cancelled)
-            completion.cancelled.update(key for key in cancelled
-                                        if key in completion.unfinished)
-        return cancelled
-
-    def _cancel_unstarted(self) -> None:
-        completion = self._completion
-        with completion.lock:  # those still in client.submit have no handle yet: they run
-            futures = [future for future in completion.unfinished.values()
-                       if future.handle is not None]
-        cancelled = self._cancel_in_dask([future.handle for future in futures])
-        for future in futures:
-            if future.handle.key in cancelled:
-                future.cancel()  # at once, not when Dask calls back
-
     def _drain_and_close(self) -> None:
         with self._completion.lock:
             unfinished = list(self._completion.unfinished.values())
