@@ -99,24 +99,29 @@ class Claims:
         self._keys: set[str] = set()  # claims in the store (ours or a worker's) to remove
 
     def cancel(self, task_id: str) -> bool:
-        """Claim the task for the caller: True if it has not started (nor will it)."""
+        """Claim the task for the caller: True if it has not started (nor will it).
+
+        Connected to a cluster, the store's claim comes first: a store that cannot be
+        reached leaves no claim at all (so no worker skips a task reported as running).
+        """
+        key = self.prefix + task_id
+        if self.in_store:
+            try:
+                existed = internal_kv._internal_kv_put(key, _CALLER, overwrite=False)
+            except Exception:  # the GCS unreachable: we cannot know, so it may run
+                logging.getLogger(__name__).debug("claiming a task failed", exc_info=True)
+                return False
+            with self._lock:
+                self._keys.add(key)
+            if existed:
+                return False  # a worker on another machine claimed it: it runs
         try:
             os.mkdir(os.path.join(self.directory, task_id), _CALLER_MODE)
         except FileExistsError:
             return False  # a worker on this machine claimed it: it runs
         except OSError:  # the directory is gone: we stopped using Ray
             return False
-        if not self.in_store:
-            return True
-        key = self.prefix + task_id
-        try:
-            existed = internal_kv._internal_kv_put(key, _CALLER, overwrite=False)
-        except Exception:  # the GCS unreachable: we cannot know, so it may run
-            logging.getLogger(__name__).debug("claiming a task failed", exc_info=True)
-            return False
-        with self._lock:
-            self._keys.add(key)
-        return not existed  # else a worker on another machine claimed it: it runs
+        return True
 
     def started(self, task_id: str) -> bool:
         """Whether a worker on this machine claimed the task (it runs, or ran)."""
