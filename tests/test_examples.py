@@ -37,7 +37,11 @@ def serial_outputs():
     return {}
 
 
-@pytest.mark.parametrize("name", ["quickstart.py"])
+#: every program under examples/ (a new one is run on every backend without listing it)
+NAMES = sorted(path.name for path in EXAMPLES.glob("*.py"))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_example_prints_the_same_as_on_serial(name, ua_backend, serial_outputs):
     # the backend is chosen by UNIDIST_API_BACKEND alone, in a fresh process
     script = EXAMPLES / name
