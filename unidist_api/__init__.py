@@ -10,6 +10,7 @@ API as an explicit object. Importing this package imports no engine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -66,10 +67,11 @@ def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
 
 def map(fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,  # noqa: A001
         chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
-        progress: bool = False) -> Iterator[T]:
+        progress: bool = False, checkpoint: str | os.PathLike[str] | None = None) -> Iterator[T]:
     """Lazy parallel ``map`` on the current executor (see ``Executor.map``)."""
     return current_executor().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
-                                  buffersize=buffersize, ordered=ordered, progress=progress)
+                                  buffersize=buffersize, ordered=ordered, progress=progress,
+                                  checkpoint=checkpoint)
 
 
 def pipeline(*stages: Callable[..., Any] | Stage) -> Pipeline:

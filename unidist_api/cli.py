@@ -6,6 +6,7 @@ every executor the script creates without explicit arguments (it is passed on as
 the ``UNIDIST_API_*`` environment variables, so subprocesses see it too).
 ``unidist-api info [--backend B] [--address A] [--workers N]`` prints the resolved
 configuration, where each value came from, and versions.
+``unidist-api checkpoint info PATH`` prints what a checkpoint journal holds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     info = commands.add_parser("info", help="print the resolved configuration and versions")
     add_config(info)
+    checkpoint = commands.add_parser("checkpoint", help="inspect checkpoint journals")
+    actions = checkpoint.add_subparsers(dest="action", required=True)
+    journal = actions.add_parser("info", help="print what a journal holds")
+    journal.add_argument("path", help="the journal (the checkpoint= path of a map or pipeline)")
     return parser
 
 
@@ -114,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             _export(args)
             return run_script(args.script, args.args)
+        if args.command == "checkpoint":
+            from .journal import describe
+
+            print("\n".join(describe(args.path)))
+            return 0
         return info(args)
     except UnidistError as exc:
         print(f"unidist-api {args.command}: {exc}", file=sys.stderr)

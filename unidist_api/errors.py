@@ -25,6 +25,9 @@ __all__ = [
     "TaskTimeoutError",
     "ClusterConnectionError",
     "TaskError",
+    "CheckpointError",
+    "JournalInUseError",
+    "NotAJournalError",
     "RemoteTraceback",
 ]
 
@@ -86,6 +89,18 @@ class TaskError(UnidistError, RuntimeError):
 
     The message holds the original type name and message.
     """
+
+
+class CheckpointError(UnidistError, RuntimeError):
+    """A checkpoint journal (``checkpoint=PATH``) that cannot be used; the message says why."""
+
+
+class JournalInUseError(CheckpointError):
+    """The journal is in use by another running map or pipeline (this process or another)."""
+
+
+class NotAJournalError(CheckpointError, ValueError):
+    """The file at the checkpoint path is not a journal (or is corrupt); it was left as it was."""
 
 
 class RemoteTraceback(Exception):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -133,16 +133,20 @@ class Executor(cf.Executor):
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
-            progress: bool = False) -> Iterator[T]:
+            progress: bool = False,
+            checkpoint: str | os.PathLike[str] | None = None) -> Iterator[T]:
         """Lazy parallel ``map``: input is pulled as results are consumed.
 
         At most ``buffersize`` items are submitted and not yet yielded (``None``: a bounded
         size picked from the worker count). ``timeout`` counts from this call.
         ``ordered=False`` yields in completion order; ``chunksize=None`` batches tiny items.
+        ``checkpoint=PATH`` records finished items in a journal; a rerun runs only the
+        missing ones (docs/checkpoints.md).
         """
         self._runner.check_open()
         return map_iterator(self._runner, fn, iterables, timeout=timeout, chunksize=chunksize,
-                            buffersize=buffersize, ordered=ordered, progress=progress)
+                            buffersize=buffersize, ordered=ordered, progress=progress,
+                            checkpoint=checkpoint)
 
     def pipeline(self, *stages: Callable[..., Any] | Stage) -> Pipeline:
         """A reusable chain of stages bound to this executor; call it on an iterable."""

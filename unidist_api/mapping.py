@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import os
 import queue
 import time
 import weakref
@@ -18,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import resume
 from .arguments import find_futures
 from .backends.base import Task
 from .errors import ExecutorShutdownError
@@ -99,8 +101,12 @@ class Batcher:
 
 def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
                  *, timeout: float | None, chunksize: int | None, buffersize: int | None,
-                 ordered: bool, progress: bool) -> Iterator[Any]:
-    """Validate, submit the first window now (as Python 3.14 does), stream the rest."""
+                 ordered: bool, progress: bool,
+                 checkpoint: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+    """Validate, submit the first window now (as Python 3.14 does), stream the rest.
+
+    ``checkpoint``: a journal's path (:mod:`.resume`): recorded items are not run again.
+    """
     fn, options = unwrap(fn)
     check_positive("chunksize", chunksize)
     check_positive("buffersize", buffersize)
@@ -113,9 +119,15 @@ def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterab
     workers = runner.workers
     batcher = Batcher(chunksize, None if buffersize is None else buffersize // (2 * workers))
     stream = _Stream(runner, fn, options, mode, source, batcher, buffersize, workers, ordered)
+    if checkpoint is not None:
+        stream.resume = resume.for_map(checkpoint, fn, mode, source)
     stream.deadline = None if timeout is None else time.monotonic() + timeout
     stream.bar = progress_bar(iterables) if progress else None
-    runner.register(stream)
+    try:
+        runner.register(stream)
+    except BaseException:
+        stream.close_journal()
+        raise
     try:
         stream.fill(at_call=True)
     except BaseException:
@@ -165,6 +177,9 @@ class _Stream:
         self.stopped = False  # submits no more (finished, or its executor shut down)
         self.cancelled = False  # what it had submitted was cancelled before it was yielded
         self._iterator: weakref.ref[Iterator[Any]] | None = None
+        #: with ``checkpoint=``: the journal, and each pending batch's chunk of input
+        self.resume: resume.Resume | None = None
+        self.chunks: dict[Future[Any], resume.Chunk] = {}
 
     # -- the runner's view (runner.Stream) ---------------------------------------------------
     def watch(self, results: Iterator[Any]) -> None:
@@ -190,17 +205,25 @@ class _Stream:
         self.started = True
         self.deadline = None  # the stdlib applies a map's timeout only while iterating
         self.late.clear()
-        while True:
-            self.failed = False  # every item runs, as with the stdlib's eager map
-            future = self._next_finished()
-            if future is None:
-                return
-            try:
-                for _ in self._values(future):
+        try:
+            while True:
+                self.failed = False  # every item runs, as with the stdlib's eager map
+                future = self._next_finished()
+                if future is None:
+                    return
+                try:
+                    for _ in self._values(future):
+                        pass
+                except Exception:
                     pass
-            except Exception:
-                pass
-            del future
+                del future
+        finally:
+            self.close_journal()
+
+    def close_journal(self) -> None:
+        """Commit what the journal was given and release it (nothing more is recorded)."""
+        if self.resume is not None:
+            self.resume.close()
 
     def finish(self, cancel: bool) -> None:
         self.stopped = True
@@ -210,6 +233,8 @@ class _Stream:
                 future.cancel()
         if self.bar is not None:
             self.bar.close()
+        if not self.started:  # never iterated (nor run out): nothing more to record
+            self.close_journal()
         self.runner.unregister(self)
 
     # -- submitting ------------------------------------------------------------------------
@@ -237,25 +262,40 @@ class _Stream:
                                 self.budget, self.workers, alone=not self.pending)
             if size == 0:
                 return  # the memory budget is full: wait for results to be yielded
-            items = list(itertools.islice(self.source, size))
-            if len(items) < size:
-                self.exhausted = True
-            if not items:
-                return
-            self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
-            args = (items,)
-            task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
-            future = self.runner.submit(task, self)
+            chunk = None
+            if self.resume is None:
+                items = list(itertools.islice(self.source, size))
+                if len(items) < size:
+                    self.exhausted = True
+                if not items:
+                    return
+                count = len(items)
+            else:
+                chunk = self.resume.take(size, self._ahead())
+                self.exhausted = self.resume.done
+                if chunk is None:
+                    return
+                items, count = chunk.items, chunk.count
+            if items:
+                self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
+                args = (items,)
+                task = Task(self.fn, args, {}, self.options, self.mode, find_futures(args, {}))
+                future = self.runner.submit(task, self)
+            else:  # every item recorded in the journal: nothing to run
+                future = Future()
+                future.set_result(Batch())
+            if chunk is not None:
+                self.chunks[future] = chunk
             per_item = self.item_bytes + self.result_bytes
             self.bytes_of[future] = per_item
-            self.held += per_item * len(items)
-            ran = future._state == cf._base.FINISHED  # run in submit (serial): no engine
+            self.held += per_item * count
+            ran = bool(items) and future._state == cf._base.FINISHED  # run in submit (serial)
             if ran:
                 self.failed = future.known_exception() is not None  # fail fast: stop here
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     self.late.add(future)
-            self.pending.append((future, len(items)))
-            self.in_flight += len(items)
+            self.pending.append((future, count))
+            self.in_flight += count
             if on_done is not None:
                 future.add_done_callback(on_done)
             if ran and not whole_window:  # running ahead gains nothing there and holds
@@ -274,6 +314,7 @@ class _Stream:
                 yield from self._values(future)
                 del future  # its results go now, not after the next batch has run
         finally:
+            self.close_journal()
             self.finish(cancel=True)
 
     def _next_finished(self) -> Future[Any] | None:
@@ -301,6 +342,10 @@ class _Stream:
         self._wait(future)
         return future
 
+    def _ahead(self) -> int:
+        """Items a rerun may read ahead to look up: a quarter of the budget's worth."""
+        return int(self.budget / 4 / max(self.item_bytes, 1.0))
+
     def _along(self) -> Iterator[Future[Any]]:
         """The pending batches a bulk fetch may bring along: results of a quarter of the
         budget at most, since a fetch holds what it received and what it loaded at once."""
@@ -326,16 +371,23 @@ class _Stream:
         has yielded (as the stdlib's, which pops each future).
         """
         per_item = self.bytes_of.pop(future, 0.0)
+        chunk = self.chunks.pop(future, None)
         try:
             batch = future.take_result()
         except BaseException:
             partial, future.partial = list(future.partial or ()), None
+            if chunk is not None and self.resume is not None:
+                self.resume.record(chunk, partial)
+                partial = chunk.merge(partial)
             yield from self._hand_out(partial, per_item)
             raise
         self.batcher.observe(batch)
         self.yielded = True
         if batch:
             self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
+        if chunk is not None and self.resume is not None:
+            self.resume.record(chunk, batch)
+            batch = chunk.merge(batch)
         yield from self._hand_out(batch, per_item)
 
     def _hand_out(self, values: list[Any], per_item: float) -> Iterator[Any]:

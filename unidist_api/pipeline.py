@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import os
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import resume
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
@@ -29,7 +31,7 @@ from .mapping import Batcher, check_positive, progress_bar
 from .runner import Runner
 from .sizes import batch_within, estimate, packed_size
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
-from .worker import EACH
+from .worker import EACH, Batch
 
 __all__ = ["Stage", "stage", "Pipeline"]
 
@@ -78,14 +80,17 @@ class Pipeline:
 
     def __call__(self, iterable: Iterable[Any], *, chunksize: int | None = None,
                  buffersize: int | None = None, timeout: float | None = None,
-                 progress: bool = False) -> Iterator[Any]:
+                 progress: bool = False,
+                 checkpoint: str | os.PathLike[str] | None = None) -> Iterator[Any]:
         """Run the stages over ``iterable``, lazily; outputs in input order.
 
         ``chunksize`` items travel together as one task per stage; ``None`` adapts the
         batch size to the slowest stage's measured time per item, as ``map`` does. At
         most ``buffersize`` items are inside the pipeline (``None``: two batches per
         task slot of every stage). ``timeout`` counts from this call, as in ``map``;
-        ``progress=True`` shows one bar per stage.
+        ``progress=True`` shows one bar per stage. ``checkpoint=PATH`` records each
+        item's final output in a journal; a rerun runs only the missing items
+        (docs/checkpoints.md).
         """
         check_positive("chunksize", chunksize)
         check_positive("buffersize", buffersize)
@@ -96,7 +101,10 @@ class Pipeline:
         for s in self.stages:
             runner.check_options(s.options)
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = _Run(runner, self.stages, iter(iterable), chunksize, buffersize)
+        source = iter(iterable)
+        run = _Run(runner, self.stages, source, chunksize, buffersize)
+        if checkpoint is not None:
+            run.resume = resume.for_pipeline(checkpoint, [s.fn for s in self.stages], source)
         if progress:
             run.bars = [progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
                         for i, s in enumerate(self.stages)]
@@ -151,7 +159,12 @@ class _Run:
             queue.SimpleQueue()
         )
         self.outputs: dict[int, Future[Any]] = {}
-        self.sizes: dict[int, int] = {}  # items of each batch inside the pipeline
+        self.sizes: dict[int, int] = {}  # items each batch runs
+        self.counts: dict[int, int] = {}  # input items of each batch (with those recorded)
+        #: with ``checkpoint=``: the journal, and each batch's chunk of input
+        self.resume: resume.Resume | None = None
+        self.chunks: dict[int, resume.Chunk] = {}
+        self.skipped: set[int] = set()  # batches wholly recorded: they pass no stage
         self.chains: dict[int, list[Future[Any]]] = {}  # each batch's task in every stage
         self.inside = 0  # items read and not yet yielded
         self.taken = 0  # batches read from the input
@@ -172,18 +185,23 @@ class _Run:
                     try:
                         batch = future.result()
                     except BaseException:  # a failure only loading tells (ray)
-                        yield from self._before_failure(emitted, deadline)
+                        yield from self._failed_outputs(emitted, deadline)
                         raise
                     self._learn_overhead(emitted, batch)
                     if batch:
                         self.result_bytes = estimate(self.result_bytes, packed_size(batch[0]))
-                    self.inside -= self.sizes.pop(emitted)
+                    self.sizes.pop(emitted)
+                    self.inside -= self.counts.pop(emitted)
                     self.chains.pop(emitted, None)
+                    chunk = self.chunks.pop(emitted, None)
+                    if chunk is not None and self.resume is not None:
+                        self.resume.record(chunk, batch)
+                        batch = chunk.merge(batch)
                     emitted += 1
                     yield from batch
                     continue
                 if self.failure is not None and emitted == self.failure[0]:
-                    yield from self._before_failure(emitted, deadline)
+                    yield from self._failed_outputs(emitted, deadline)
                     self.failure[2].result()  # raises the stage's own exception
                 if self.exhausted and emitted == self.taken:
                     return
@@ -193,6 +211,17 @@ class _Run:
                 future.cancel()
             for bar in self.bars:
                 bar.close()
+            if self.resume is not None:
+                self.resume.close()
+
+    def _failed_outputs(self, number: int, deadline: float | None) -> list[Any]:
+        """The outputs of batch ``number`` before its failing item (recorded ones too)."""
+        values = list(self._before_failure(number, deadline))
+        chunk = self.chunks.pop(number, None)
+        if chunk is not None and self.resume is not None:
+            self.resume.record(chunk, values)
+            values = chunk.merge(values)
+        return values
 
     def _learn_overhead(self, number: int, batch: Any) -> None:
         """Compare a final batch's latency with the worker's own time for it."""
@@ -239,15 +268,32 @@ class _Run:
                                 self.slots, alone=not self.inside)
             if size == 0:
                 return  # the memory budget is full: wait for outputs to be yielded
-            items = list(itertools.islice(self.source, size))
-            if len(items) < size:
-                self.exhausted = True
-            if not items:
-                return
-            self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
-            heapq.heappush(self.waiting[0], (self.taken, items))
+            if self.resume is None:
+                items = list(itertools.islice(self.source, size))
+                if len(items) < size:
+                    self.exhausted = True
+                if not items:
+                    return
+                count = len(items)
+            else:
+                ahead = int(self.budget / 4 / max(per_item, 1.0))
+                chunk = self.resume.take(size, ahead)
+                self.exhausted = self.resume.done
+                if chunk is None:
+                    return
+                items, count = chunk.items, chunk.count
+                self.chunks[self.taken] = chunk
+            if items:
+                self.item_bytes = estimate(self.item_bytes, packed_size(items[0]))
+                heapq.heappush(self.waiting[0], (self.taken, items))
+            else:  # every item recorded in the journal: nothing to run
+                done: Future[Any] = Future()
+                done.set_result(Batch())
+                self.outputs[self.taken] = done
+                self.skipped.add(self.taken)
             self.sizes[self.taken] = len(items)
-            self.inside += len(items)
+            self.counts[self.taken] = count
+            self.inside += count
             self.taken += 1
 
     def _launch(self) -> None:
@@ -260,11 +306,15 @@ class _Run:
         for index in reversed(range(len(self.stages))):  # later stages first: drain, then fill
             waiting, stage = self.waiting[index], self.stages[index]
             sequential = self.limits[index] == 1
+            while sequential and self.next[index] in self.skipped:
+                self.next[index] += 1  # a recorded batch: it never comes to this stage
             while waiting and self.running[index] < self.limits[index]:
                 if sequential and waiting[0][0] != self.next[index]:
                     break  # an earlier batch is still on its way to this stage
                 number, batch = heapq.heappop(waiting)
                 self.next[index] = number + 1
+                while sequential and self.next[index] in self.skipped:
+                    self.next[index] += 1
                 if self.failure is not None and number > self.failure[0]:
                     continue  # after the failure: never yielded, so not run
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
