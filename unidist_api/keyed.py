@@ -362,6 +362,8 @@ class _Plan:
             if not pairs:
                 break
             data = _pack(pairs, start)
+            if start == 0:  # the first group already within a quarter of the budget
+                self.group_level = _fitting(self.budget, len(data) / -(-len(pairs) // UNIT))
             while self.groups and self.held + len(data) > self.budget // 2:
                 self._wait_group()  # the memory budget is full: let the oldest group end
             full = len(pairs) == size
@@ -406,8 +408,7 @@ class _Plan:
         self.open, self.open_bytes = [], 0
         self.group_start = self.units
         if unit_bytes:  # a group's blocks held at most a quarter of the budget
-            fits = int(math.log2(max(1.0, self.budget / 4 / unit_bytes)))
-            wanted = min(MAX_LEVEL, fits)
+            wanted = _fitting(self.budget, unit_bytes)
             if wanted < self.group_level:
                 self.group_level = wanted
             elif wanted > self.group_level and self.units % (1 << (self.group_level + 1)) == 0:
@@ -433,6 +434,11 @@ class _Plan:
                 self.level += 1
         elif elapsed > TARGET_SECONDS * 2 and self.level > 0:
             self.level -= 1
+
+
+def _fitting(budget: int, unit_bytes: float) -> int:
+    """The largest group level (at most MAX_LEVEL) whose units hold a quarter of ``budget``."""
+    return min(MAX_LEVEL, int(math.log2(max(1.0, budget / 4 / max(unit_bytes, 1.0)))))
 
 
 def reduce_by_key(runner: Runner, fn: Callable[[Any, Any], Any], pairs: Iterable[Any], *,
