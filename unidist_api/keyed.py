@@ -72,11 +72,11 @@ def stable_hash(key: Any) -> int:
     salted or depend on the object's address (use a callable ``partition`` for those).
     """
     kind = type(key)
-    if kind is str:
-        h = zlib.crc32(key.encode("utf-8", "surrogatepass"))
-    elif kind is bytes:
-        h = zlib.crc32(key) ^ 0x9E3779B9
-    elif kind in _NUMBERS:
+    if kind is str:  # CRC-32 is well mixed already (and _Partitioner.split inlines this)
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if kind is bytes:
+        return zlib.crc32(key)
+    if kind in _NUMBERS:
         h = 0 if key != key else hash(key) & _MASK  # a NaN's hash is its address
     elif key is None:
         h = 0x5D5A
@@ -135,6 +135,18 @@ class _Partitioner:
                 f"reduce_by_key: the key {key!r} of pair {index}: {exc}; convert the keys, or "
                 "pass partition=<a callable key -> int> with partitions=N"
             ) from None
+
+    def split(self, whole: Partial) -> list[Partial]:
+        """``whole``'s keys by partition (order kept); str keys hashed inline, for speed."""
+        parts: list[Partial] = [{} for _ in range(self.count)]
+        if self.fn is None and self.boundaries is None and set(map(type, whole)) == {str}:
+            count, crc32 = self.count, zlib.crc32
+            for key, entry in whole.items():  # stable_hash of a str, inline
+                parts[crc32(key.encode("utf-8", "surrogatepass")) % count][key] = entry
+            return parts
+        for key, entry in whole.items():
+            parts[self(key, entry[0])][key] = entry
+        return parts
 
     def _checked(self, key: Any, index: int) -> int:
         assert self.fn is not None
@@ -234,33 +246,43 @@ class _Block:
         units = [self._unit(pairs, at, start) for at in range(0, len(pairs), UNIT)]
         whole = fold_levels(functools.partial(_merge, self.__wrapped__),
                             ((0, unit) for unit in units))
-        parts: list[Partial] = [{} for _ in range(self.partitioner.count)]
-        where = self.partitioner
-        for key, entry in whole.items():
-            parts[where(key, entry[0])][key] = entry
-        return [dumps(part) for part in parts]
+        return [dumps(part) for part in self.partitioner.split(whole)]
 
     def _unit(self, pairs: list[Any], at: int, start: int) -> Partial:
         fn = self.__wrapped__
+        chunk = pairs[at:at + UNIT]
+        if set(map(type, chunk)) != {tuple} or set(map(len, chunk)) != {2}:  # C speed
+            _check_pairs(chunk, start + at)
         acc: dict[Any, list[Any]] = {}
         get = acc.get
-        for i in range(at, min(at + UNIT, len(pairs))):
-            pair = pairs[i]
-            if type(pair) is not tuple or len(pair) != 2:
-                raise TypeError(f"reduce_by_key: item {start + i} is {pair!r}, not a "
-                                "(key, value) tuple; give pairs as 2-tuples")
-            key, value = pair
-            try:
+        try:
+            for i, (key, value) in enumerate(chunk, start + at):
                 entry = get(key)
-            except TypeError:
-                raise TypeError(f"reduce_by_key: the key of pair {start + i}, {key!r}, is "
-                                f"unhashable ({type(key).__qualname__}); use a hashable key "
-                                "(a tuple instead of a list, say)") from None
-            if entry is None:
-                acc[key] = [start + i, value]
-            else:
-                entry[1] = fn(entry[1], value)
+                if entry is None:
+                    acc[key] = [i, value]
+                else:
+                    entry[1] = fn(entry[1], value)
+        except TypeError:
+            _check_keys(chunk, start + at)  # an unhashable key, named; else fn's own error
+            raise
         return acc  # type: ignore[return-value]
+
+
+def _check_pairs(chunk: list[Any], start: int) -> None:
+    for i, pair in enumerate(chunk, start):
+        if type(pair) is not tuple or len(pair) != 2:
+            raise TypeError(f"reduce_by_key: item {i} is {pair!r}, not a (key, value) "
+                            "tuple; give pairs as 2-tuples")
+
+
+def _check_keys(chunk: list[Any], start: int) -> None:
+    for i, (key, _) in enumerate(chunk, start):
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"reduce_by_key: the key of pair {i}, {key!r}, is unhashable "
+                            f"({type(key).__qualname__}); use a hashable key (a tuple "
+                            "instead of a list, say)") from None
 
 
 class _Group:
