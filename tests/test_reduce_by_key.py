@@ -222,7 +222,12 @@ def test_hash_on_the_workers_is_the_callers(ua_backend):
 
 
 def test_stable_hash_numbers_follow_equality():
+    from decimal import Decimal
+    from fractions import Fraction
+
     assert keyed.stable_hash(1) == keyed.stable_hash(1.0) == keyed.stable_hash(True)
+    assert keyed.stable_hash(Fraction(3, 2)) == keyed.stable_hash(Decimal("1.5")) == \
+        keyed.stable_hash(1.5)
     assert keyed.stable_hash((1, "a")) != keyed.stable_hash(("a", 1))
     assert keyed.stable_hash(frozenset({"a", "b"})) == keyed.stable_hash(frozenset({"b", "a"}))
 

@@ -24,8 +24,6 @@ What runs where may change freely without changing that tree, as in ``reduce``:
 from __future__ import annotations
 
 import bisect
-import decimal
-import fractions
 import functools
 import itertools
 import math
@@ -57,7 +55,8 @@ Partial = dict[Any, Entry]
 
 # -- the stable hash --------------------------------------------------------------------------
 _MASK = (1 << 64) - 1
-_NUMBERS = frozenset({int, bool, float, complex, fractions.Fraction, decimal.Decimal})
+_NUMBERS = frozenset({int, bool, float, complex})
+_OTHER_NUMBERS = frozenset({("fractions", "Fraction"), ("decimal", "Decimal")})  # not imported
 
 
 def stable_hash(key: Any) -> int:
@@ -76,7 +75,7 @@ def stable_hash(key: Any) -> int:
         return zlib.crc32(key.encode("utf-8", "surrogatepass"))
     if kind is bytes:
         return zlib.crc32(key)
-    if kind in _NUMBERS:
+    if kind in _NUMBERS or (kind.__module__, kind.__qualname__) in _OTHER_NUMBERS:
         h = 0 if key != key else hash(key) & _MASK  # a NaN's hash is its address
     elif key is None:
         h = 0x5D5A
