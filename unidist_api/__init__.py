@@ -48,6 +48,7 @@ __all__ = [
     "pipeline",
     "put",
     "reduce",
+    "reduce_by_key",
     "shutdown",
     "stage",
     "submit",
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -86,6 +89,19 @@ def reduce(fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSIN
     """Parallel tree reduction with a fixed shape (equal to ``functools.reduce`` for
     an associative ``fn``; bit-identical on every backend)."""
     return current_executor().reduce(fn, iterable, initial)
+
+
+def reduce_by_key(fn: Callable[[V, V], V], pairs: Iterable[tuple[K, V]], *,
+                  partitions: int | None = None, partition: Any = "hash",
+                  initial: Any = MISSING) -> dict[K, V]:
+    """``pairs`` yields ``(key, value)``; each key's values are combined in input order by
+    a fixed tree (shape set by the input alone), so the dict is bit-identical on every
+    backend and equal to a per-key ``functools.reduce`` for an associative ``fn``;
+    ``partition``: ``"hash"`` (a stable hash of the key, the same in every process and
+    run), a sorted list of boundaries (range partitions), or a callable ``key -> int`` in
+    ``range(partitions)``; keys in order of first appearance (see ``Executor.reduce_by_key``)."""
+    return current_executor().reduce_by_key(fn, pairs, partitions=partitions,
+                                            partition=partition, initial=initial)
 
 
 def put(obj: T) -> Future[T]:

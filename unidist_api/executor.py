@@ -23,6 +23,7 @@ from .config import Layer, Settings, check_workers, resolve
 from .errors import InvalidOptionError
 from .exit import on_exit
 from .futures import ALL_COMPLETED, Future
+from .keyed import reduce_by_key
 from .mapping import map_iterator
 from .pipeline import Pipeline, Stage
 from .reduce import MISSING, tree_reduce
@@ -33,6 +34,8 @@ from .task import DEFAULT_OPTIONS, unwrap
 __all__ = ["Executor"]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Executor(cf.Executor):
@@ -158,6 +161,22 @@ class Executor(cf.Executor):
         """Parallel tree reduction with a fixed shape (docs/reduce.md)."""
         self._runner.check_open()
         result: T = tree_reduce(self._runner, fn, iterable, initial)
+        return result
+
+    def reduce_by_key(self, fn: Callable[[V, V], V], pairs: Iterable[tuple[K, V]], *,
+                      partitions: int | None = None, partition: Any = "hash",
+                      initial: Any = MISSING) -> dict[K, V]:
+        """Per-key tree reduction of ``(key, value)`` pairs, keys in order of first
+        appearance; bit-identical on every backend (docs/reduce.md, "reduce_by_key").
+
+        ``partition``: ``"hash"`` (a stable hash of the key), a sorted list of
+        boundaries (range partitions), or a callable ``key -> int`` in
+        ``range(partitions)``. ``partitions=None``: the worker count (hash), or
+        ``len(boundaries) + 1``. With ``initial``, each key's result is ``fn(initial, tree)``.
+        """
+        self._runner.check_open()
+        result: dict[K, V] = reduce_by_key(self._runner, fn, pairs, partitions=partitions,
+                                           partition=partition, initial=initial)
         return result
 
     def put(self, obj: T) -> Future[T]:
