@@ -4,9 +4,10 @@ higher priorities start first, equal ones in submission order (docs/semantics.md
 Each test holds every worker slot with blocker tasks (they wait for a file), submits
 queued tasks with mixed priorities (priority-0 ones first and in between), then frees
 the slots: the queued tasks record their start (one ``O_APPEND`` write each) and must
-have started in priority order. On local and ray the facade's gate admits them; it
-engages with the executor's first task that has a priority (here: the blockers). Dask
-orders them itself (its ``priority=``). Serial runs each task when it is submitted.
+have started in priority order. On local, dask and ray the facade's gate admits them
+(Dask also gets its own ``priority=``, which alone lets the tasks a worker took before
+a higher one arrived run first); the gate engages with the executor's first task that
+has a priority (here: the blockers). Serial runs each task when it is submitted.
 """
 
 from __future__ import annotations
@@ -78,11 +79,92 @@ def test_one_slot_starts_by_priority_fifo_among_equals(ua_backend, tmp_path):
         assert run_queued(ex, tmp_path, workers=1) == BY_PRIORITY
 
 
-@pytest.mark.ua_exclude("serial", "dask",
-                        reason="serial runs at submit; dask orders per worker (see the doc)")
+@pytest.mark.ua_exclude("serial", reason="serial runs each task when it is submitted")
 def test_two_slots_start_by_priority(ua_backend, tmp_path):
     with ua.Executor(ua_backend.backend, workers=2) as ex:
         assert run_queued(ex, tmp_path, workers=2) == BY_PRIORITY
+
+
+def hold_slots(ex: ua.Executor, tmp_path: Path, workers: int) -> tuple[Path, Path, list]:
+    """Blockers (with a priority: the gate engages) on every slot; returns log, release, them."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    blockers = [ex.submit(ua.task(block, priority=1), str(log), f"B{i}", str(release))
+                for i in range(workers)]
+    wait_started(log, {f"B{i}" for i in range(workers)})
+    return log, release, blockers
+
+
+@pytest.mark.ua_exclude("serial", reason="serial runs each task when it is submitted")
+def test_cancel_a_waiting_task_is_exact(ua_backend, tmp_path):
+    with ua.Executor(ua_backend.backend, workers=1) as ex:
+        log, release, blockers = hold_slots(ex, tmp_path, 1)
+        waiting = [ex.submit(ua.task(record, priority=p), str(log), label)
+                   for label, p in (("x", 0), ("y", 3), ("z", 0))]
+        assert waiting[0].cancel() and waiting[1].cancel()
+        assert waiting[0].cancelled() and waiting[1].cancelled()
+        release.touch()
+        assert waiting[2].result(timeout=60) == "z"
+        ua.wait(blockers, timeout=60)
+    assert started(log) == ["B0", "z"]
+
+
+@pytest.mark.ua_exclude("serial", reason="serial runs each task when it is submitted")
+def test_shutdown_waits_for_or_cancels_waiting_tasks(ua_backend, tmp_path):
+    ex = ua.Executor(ua_backend.backend, workers=1)
+    log, release, _ = hold_slots(ex, tmp_path, 1)
+    waiting = [ex.submit(ua.task(record, priority=p), str(log), f"w{p}") for p in (0, 2)]
+    release.touch()
+    ex.shutdown(wait=True)
+    assert [future.result(timeout=0) for future in waiting] == ["w0", "w2"]
+    assert started(log) == ["B0", "w2", "w0"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    ex = ua.Executor(ua_backend.backend, workers=1)
+    log, release, blockers = hold_slots(ex, other, 1)
+    waiting = [ex.submit(ua.task(record, priority=p), str(log), f"w{p}") for p in (0, 2)]
+    release.touch()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert all(future.cancelled() for future in waiting)
+    assert started(log) == ["B0"]
+
+
+@pytest.mark.ua_exclude("serial", reason="serial runs each task when it is submitted")
+def test_map_and_stage_tasks_carry_their_priority(ua_backend, tmp_path):
+    with ua.Executor(ua_backend.backend, workers=1) as ex:
+        log, release, blockers = hold_slots(ex, tmp_path, 1)
+        low = ex.submit(record, str(log), "low")  # priority 0, submitted first
+        urgent = ex.map(ua.task(record, priority=5), [str(log)] * 2, ["m1", "m2"],
+                        chunksize=1, buffersize=2)
+        time.sleep(0.3)
+        release.touch()
+        assert list(urgent) == ["m1", "m2"]
+        assert low.result(timeout=60) == "low"
+        # a pipeline submits as it is iterated; its stage's priority reaches its tasks
+        staged = ex.pipeline(ua.stage(record_label, priority=3))([str(log)])
+        assert list(staged) == ["s"]
+        ua.wait(blockers, timeout=60)
+    assert started(log) == ["B0", "m1", "m2", "low", "s"]
+
+
+@pytest.mark.ua_exclude("serial", reason="serial runs each task when it is submitted")
+def test_a_task_waiting_for_its_input_takes_no_slot(ua_backend, tmp_path):
+    """A high-priority task whose input waits behind it in the gate must not hold the
+    slot the input needs (that would never free)."""
+    with ua.Executor(ua_backend.backend, workers=1) as ex:
+        log, release, blockers = hold_slots(ex, tmp_path, 1)
+        first = ex.submit(ua.task(record, priority=0), str(log), "in")
+        second = ex.submit(ua.task(join, priority=9), first, "out")
+        release.touch()
+        assert second.result(timeout=60) == "in+out"
+
+
+def record_label(log: str) -> str:
+    return record(log, "s")
+
+
+def join(a: str, b: str) -> str:
+    return f"{a}+{b}"
 
 
 def test_serial_runs_each_task_when_submitted(ua_serial, tmp_path):

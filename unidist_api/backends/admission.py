@@ -56,7 +56,8 @@ class Gate:
         self._busy = 0  # tasks in the engine, counted since engaging
         # entries [-priority, order, future, send, drop]; send is None once withdrawn
         self._heap: list[list[Any]] = []
-        self._held: dict[Future[Any], list[Any]] = {}
+        self._held: dict[Future[Any], list[Any]] = {}  # live entries of the heap
+        self._inputs: dict[Future[Any], list[Any]] = {}  # waiting for their inputs first
         self._order = itertools.count()
 
     def admit(self, future: Future[Any], priority: int, send: Send,
@@ -86,11 +87,42 @@ class Gate:
         if now and not self._start(future, send):
             self._free()
 
+    def admit_when_ready(self, future: Future[Any], inputs: list[Future[Any]], priority: int,
+                         send: Send, drop: Drop | None = None) -> None:
+        """:meth:`admit` once the futures ``inputs`` are done: a task waiting for its inputs
+        does not take a slot (on Ray and Dask, which would hold it until they are done; a
+        slot held so by a task whose input waits here behind it would never free).
+
+        ``future`` can be withdrawn meanwhile (:meth:`withdraw`).
+        """
+        pending = [dep for dep in inputs if not dep.done()]
+        if not pending:
+            self.admit(future, priority, send, drop)
+            return
+        entry = [-priority, -1, future, send, drop]
+        with self._lock:
+            self._inputs[future] = entry
+        count = [len(pending)]
+        lock = threading.Lock()
+
+        def on_input_done(_: Any) -> None:
+            with lock:
+                count[0] -= 1
+                if count[0]:
+                    return
+            with self._lock:
+                live = self._inputs.pop(future, None) is entry
+            if live:
+                self.admit(future, priority, send, drop)
+
+        for dep in pending:
+            dep.add_done_callback(on_input_done)
+
     def withdraw(self, future: Future[Any]) -> bool:
         """Take ``future`` out if it waits here: True then, and it will never be sent
         (its ``drop`` is called). For an exact ``cancel``."""
         with self._lock:
-            entry = self._held.pop(future, None)
+            entry = self._held.pop(future, None) or self._inputs.pop(future, None)
             if entry is None:
                 return False
             entry[3] = None  # skipped when popped
@@ -100,9 +132,10 @@ class Gate:
         return True
 
     def held(self) -> list[Future[Any]]:
-        """The futures waiting here, in the order they would start."""
+        """The futures waiting here (for their turn, then those waiting for inputs)."""
         with self._lock:
-            return [entry[2] for entry in sorted(self._heap) if entry[3] is not None]
+            queued = [entry[2] for entry in sorted(self._heap) if entry[3] is not None]
+            return queued + list(self._inputs)
 
     def flush(self) -> None:
         """Hand every waiting task to the engine now, in priority order (shutdown without
