@@ -11,6 +11,9 @@
   exception and a whole batch, so it is not used. A worker that dies is Dask's business:
   the task is rescheduled until ``distributed.scheduler.allowed-failures`` + 1 workers
   died with it, then fails with ``WorkerLostError`` (:mod:`.errors`).
+- **priority**: Dask's ``priority=`` (with ``fifo_timeout=0``: equal ones stay FIFO), and,
+  once a task has one, the admission gate (:mod:`..admission`), since a Dask worker runs
+  the tasks it took before a higher-priority one arrived.
 - **fetch** (``fetches`` is set) asks for many values at once: ``gather`` waits for all its
   futures and brings over the values not read yet in one ``client.gather``, and
   ``result()`` on an unfinished future waits and loads in one call from the caller's
