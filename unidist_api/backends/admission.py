@@ -1,8 +1,9 @@
-"""The admission gate: how ``local`` and ``ray`` start waiting tasks by ``priority``.
+"""The admission gate: how ``local``, ``dask`` and ``ray`` start waiting tasks by ``priority``.
 
-Both engines queue the tasks handed to them in FIFO order (loky's pending items and
-its call queue, Ray's lease queue), so a task already in that queue cannot be overtaken
-by a later one of higher priority. The facade therefore holds tasks back itself and
+The engines queue the tasks handed to them in FIFO order (loky's pending items and its
+call queue, Ray's lease queue; a Dask worker runs the tasks it took before a higher one
+arrived), so a task already in that queue cannot be overtaken by a later one of higher
+priority. The facade therefore holds tasks back itself and
 hands them over by priority as worker slots free: at most ``slots`` (the executor's
 ``workers``) of an executor's tasks are in the engine at a time, the others wait here
 in a heap keyed by ``(-priority, submission order)``, so equal priorities keep FIFO
