@@ -31,6 +31,9 @@ class TaskOptions:
     gpus: float = 0
     memory: int | None = None
     resources: Mapping[str, float] | None = field(default=None, hash=False)
+    #: Which waiting task starts first when more wait than there are free worker slots:
+    #: higher first, equal ones in submission order (docs/semantics.md, "Priority").
+    priority: int = 0
 
     def __post_init__(self) -> None:
         _check_int("retries", self.retries, minimum=0)
@@ -58,6 +61,11 @@ class TaskOptions:
             for name, amount in self.resources.items():
                 _check_number(f"resources[{name!r}]", amount, positive=False)
             object.__setattr__(self, "resources", dict(self.resources))
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidOptionError(
+                f"priority must be an integer (higher starts first; default 0), "
+                f"got {self.priority!r}"
+            )
 
     @property
     def needs_resources(self) -> bool:
@@ -124,7 +132,7 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Attach task options to ``fn`` (``ua.task(fn, retries=2)`` or ``@ua.task(retries=2)``).
 
     Options: ``retries=0, retry_on=(Exception,), timeout=None, cpus=1, gpus=0,
-    memory=None, resources=None``; they mean the same on every backend.
+    memory=None, resources=None, priority=0``; they mean the same on every backend.
     """
     make_options(options)  # validate now, also in decorator form
     if fn is None:

@@ -11,6 +11,9 @@
   exception and a whole batch, so it is not used. A worker that dies is Dask's business:
   the task is rescheduled until ``distributed.scheduler.allowed-failures`` + 1 workers
   died with it, then fails with ``WorkerLostError`` (:mod:`.errors`).
+- **priority**: Dask's ``priority=`` (with ``fifo_timeout=0``: equal ones stay FIFO), and,
+  once a task has one, the admission gate (:mod:`..admission`), since a Dask worker runs
+  the tasks it took before a higher-priority one arrived.
 - **fetch** (``fetches`` is set) asks for many values at once: ``gather`` waits for all its
   futures and brings over the values not read yet in one ``client.gather``, and
   ``result()`` on an unfinished future waits and loads in one call from the caller's
@@ -45,6 +48,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import logging
 import os
@@ -65,6 +69,7 @@ from ...futures import Future
 from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
 from ...worker import InitializerFailed
+from ..admission import Gate
 from ..base import Backend, Task, packed_value, positive_option, prepare_native
 from .cancel import cancel_unfinished, cancel_unstarted, started
 from .cluster import EmbeddedCluster, embedded_resources
@@ -111,6 +116,8 @@ class DaskBackend(Backend):
         self._key_count = itertools.count()
         self._completion = Completion()
         self._stuck = StuckTasks(self._completion, lambda: self._client)
+        #: Holds tasks beyond ``workers`` and starts them by priority, once a task has one.
+        self._gate = Gate(lambda: self.workers, self._in_engine)
 
     @property
     def workers(self) -> int:
@@ -141,6 +148,22 @@ class DaskBackend(Backend):
         except BrokenExecutorError as broken:  # the initializer failed on starting
             future.set_exception(broken)
             return future
+        priority = task.options.priority
+        if self._gate.engaged or priority:  # admitted by priority (backends/admission.py)
+            self._gate.admit_when_ready(
+                future, inputs, priority,
+                functools.partial(self._send, client, future, task, fn_data, wire, inputs))
+        else:
+            self._send(client, future, task, fn_data, wire, inputs)
+        return future
+
+    def _send(self, client: Client, future: Future[Any], task: Task, fn_data: bytes,
+              wire: Any, inputs: list[Future[Any]]) -> None:
+        """Hand the task to Dask (``fifo_timeout=0``: equal priorities keep submission order,
+        on the scheduler's queue and on a worker's, which would otherwise run the tasks of
+        one 100 ms window newest first)."""
+        if future.done():  # cancelled while it waited for its turn
+            return
         options = task.options
         key = f"{funcname(task.fn)}-{self._key_prefix}{next(self._key_count):012x}"
         self._stuck.note(future, options.timeout, inputs)
@@ -152,6 +175,7 @@ class DaskBackend(Backend):
                 run, fn_data, wire, task.mode, options.retries, _retry_on(options),
                 options.timeout, *[self._input(dep) for dep in inputs], key=key, pure=False,
                 resources=None if options is DEFAULT_OPTIONS else resource_request(options),
+                priority=options.priority, fifo_timeout=0,
             )
         except BaseException:
             with completion.lock:
@@ -159,7 +183,6 @@ class DaskBackend(Backend):
             raise
         future.handle = handle
         completion.submitted(future, handle)
-        return future
 
     def put(self, obj: Any) -> Future[Any]:
         data = pack_put(obj)
@@ -181,7 +204,10 @@ class DaskBackend(Backend):
 
     def cancel(self, future: Future[Any]) -> bool:
         handle: DaskFuture[Any] | None = future.handle
-        if handle is None or handle.status == "cancelled":
+        if handle is None:  # waiting for its turn in the gate (or failed to start)
+            self._gate.withdraw(future)
+            return True
+        if handle.status == "cancelled":
             return True
         if handle.status != "pending":
             return False
@@ -252,10 +278,14 @@ class DaskBackend(Backend):
         with self._lock:
             self._closed = True
         if cancel_futures:
+            for future in self._gate.held():  # first: none is sent while the rest are cancelled
+                future.cancel()
             cancel_unfinished(self._client, self._completion)
         if wait:
+            cf.wait(self._gate.held())  # they get their turn as the tasks before them finish
             self._drain_and_close()
         else:
+            self._gate.flush()
             threading.Thread(target=self._drain_and_close, daemon=True,
                              name="unidist-api-dask-shutdown").start()
 
@@ -309,6 +339,11 @@ class DaskBackend(Backend):
         return client
 
     # -- tasks ------------------------------------------------------------------------------
+    def _in_engine(self) -> list[Future[Any]]:
+        """The unfinished futures whose tasks Dask has (for the gate)."""
+        with self._completion.lock:
+            return list(self._completion.unfinished.values())
+
     def _input(self, dep: Future[Any]) -> Any:
         """What a task receives for an input future: our Dask future, or another's value."""
         return dep.handle if dep._backend is self else packed_value(dep)

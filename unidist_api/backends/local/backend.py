@@ -33,6 +33,7 @@ from ...errors import ExecutorShutdownError
 from ...futures import Future
 from ...serialization import FunctionCache, loads, pack_for_workers, pack_value
 from ...worker import stuck_error
+from ..admission import Gate
 from ..base import LOST_WORKER_RETRIES, Backend, Task, complete, prepare_native, task_name
 from . import pool as pools
 from .calls import Call, StuckNotes, pool_failure
@@ -67,6 +68,8 @@ class LocalBackend(Backend):
         self._stopped_at_exit = False  # registered with pools.stop_at_exit (a cheap flag)
         self._stuck = StuckNotes()  # note files of stuck tasks, and of a failed initializer
         self._init_note: str | None = None  # where a worker whose initializer fails says so
+        #: Holds tasks beyond ``workers`` and starts them by priority, once a task has one.
+        self._gate = Gate(lambda: self.workers, self._in_engine)
 
     # -- the pool -----------------------------------------------------------------
     def _get_pool(self) -> Any:
@@ -112,6 +115,8 @@ class LocalBackend(Backend):
         self._unfinished.add(future)
         if pending:
             self._defer(future, call, pending)
+        elif self._gate.engaged or task.options.priority:
+            self._admit(future, call)
         else:
             self._dispatch(future, call, fresh=True)
         return future
@@ -136,7 +141,10 @@ class LocalBackend(Backend):
 
     def cancel(self, future: Future[Any]) -> bool:
         handle = future.handle
-        return handle is None or bool(handle.cancel())
+        if handle is None:  # waiting for its inputs, or its turn in the gate
+            self._gate.withdraw(future)
+            return True
+        return bool(handle.cancel())
 
     def running(self, future: Future[Any]) -> bool:
         handle = future.handle
@@ -147,11 +155,13 @@ class LocalBackend(Backend):
 
     def _close(self, *, wait: bool, cancel: bool, kill: bool) -> None:
         """Stop the pool; ``cancel`` drops tasks not yet started, ``kill`` stops running ones."""
-        if cancel:
-            for future in list(self._unfinished):
+        if cancel:  # those waiting in the gate first: none is sent while the rest are cancelled
+            for future in [*self._gate.held(), *list(self._unfinished)]:
                 future.cancel()
         elif wait:  # as concurrent.futures: every task submitted runs, those waiting for
-            cf.wait(list(self._unfinished))  # inputs and those whose worker died included
+            cf.wait(list(self._unfinished))  # inputs or their turn, or whose worker died, included
+        if not wait:  # what waits for its turn in the gate goes to the pool now, in order
+            self._gate.flush()
         if self._ready is not None:
             self._ready.put(None)
             self._ready = None
@@ -176,6 +186,16 @@ class LocalBackend(Backend):
         self._functions.clear()
 
     # -- sending a call ------------------------------------------------------------------
+    def _admit(self, future: Future[Any], call: _Pickled) -> None:
+        """Through the gate: sent now, or when a slot frees and its priority is the highest."""
+        self._gate.admit(future, call.task.options.priority,
+                         functools.partial(self._dispatch, future, call),
+                         functools.partial(self._release, call.held))
+
+    def _in_engine(self) -> list[Future[Any]]:
+        """The unfinished futures whose tasks are in the pool (for the gate)."""
+        return [future for future in list(self._unfinished) if future.handle is not None]
+
     def _pack(self, task: Task) -> _Pickled:
         """Pickle the call in the caller, at submit (errors name the culprit here).
 
@@ -419,7 +439,10 @@ class LocalBackend(Backend):
         while (item := ready.get()) is not None:
             future, call = item
             try:
-                self._dispatch(future, call)
+                if self._gate.engaged or call.task.options.priority:
+                    self._admit(future, call)
+                else:
+                    self._dispatch(future, call)
             except BaseException as exc:
                 if not future.done():
                     future.set_exception(exc)

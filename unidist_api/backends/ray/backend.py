@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -52,6 +53,7 @@ from ...futures import Future, _Serialized
 from ...serialization import FunctionCache, dumps, dumps_value
 from ...task import TaskOptions
 from ...worker import InitializerFailed
+from ..admission import Gate
 from ..base import (
     LOST_WORKER_RETRIES,
     Backend,
@@ -101,6 +103,8 @@ class RayBackend(Backend):
         self._calls: dict[tuple[TaskOptions, bool], tuple[Any, Embedded]] = {}
         self._specs: dict[tuple[int, int, int, bool], _Spec] = {}
         self._init: tuple[str, Any] | None = None  # (token, pickle or its ObjectRef)
+        #: Holds tasks beyond ``workers`` and starts them by priority, once a task has one.
+        self._gate = Gate(lambda: self.workers, self._in_engine)
 
     # -- where it runs -----------------------------------------------------------------
     def target(self) -> str | None:
@@ -162,12 +166,29 @@ class RayBackend(Backend):
         payload = data.for_ray(packed)
         runtime = self._get_runtime()
         future: RayFuture[Any] = RayFuture(self, runtime)
+        priority = task.options.priority
+        if self._gate.engaged or priority:  # admitted by priority (backends/admission.py)
+            self._gate.admit_when_ready(
+                future, inputs, priority,
+                functools.partial(self._send, runtime, future, task, fn_data, payload, inputs))
+        else:
+            self._send(runtime, future, task, fn_data, payload, inputs)
+        return future
+
+    def _send(self, runtime: Runtime, future: RayFuture[Any], task: Task, fn_data: bytes,
+              payload: Any, inputs: list[Future[Any]]) -> None:
+        """Hand the task to Ray; the future follows its ObjectRef from now on."""
+        if future._state != _PENDING:  # cancelled while it waited for its turn
+            return
+        if self.broken is not None:  # broken while it waited: its turn never comes
+            future.set_exception(self.broken_error())
+            return
         if inputs:
             try:
                 handles = [self._input(runtime, dep) for dep in inputs]
             except BaseException as exc:  # an input of another backend failed: so does this task
                 future.set_exception(exc)
-                return future
+                return
         else:
             handles = []
         status = task.report_failure
@@ -182,7 +203,6 @@ class RayBackend(Backend):
         if inputs:  # weakly: a lost input is named in this task's WorkerLostError
             future._inputs = [weakref.ref(dep) for dep in inputs if isinstance(dep, RayFuture)]
         runtime.track(future)
-        return future
 
     def put(self, obj: Any) -> Future[Any]:
         wire = data.packed_object(obj)  # first: an unpicklable object fails before Ray starts
@@ -198,6 +218,8 @@ class RayBackend(Backend):
         The future's own runtime: ``shutdown`` has let go of ``self._runtime`` when it
         cancels what waits.
         """
+        if future.handle is None and self._gate.withdraw(future):
+            return True  # it waited for its turn (or its inputs) in the gate: never sent
         runtime: Runtime | None = getattr(future, "_runtime", None)
         if (runtime is None or runtime.closed or not isinstance(future, RayFuture)
                 or future.handle is None or future._state != _PENDING):
@@ -217,6 +239,14 @@ class RayBackend(Backend):
         path, which raises each task's own exception from ``result()``.
         """
         runtime = self._runtime
+        held = [future for future in futures if future._state == _PENDING and future.handle is None]
+        if held:  # waiting in the gate: wait until they are sent, then fetch as the others
+            deadline = None if timeout is None else time.monotonic() + timeout
+            cf.wait(held, timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+            if any(future.handle is None and future._state == _PENDING for future in held):
+                return
         refs: list[Any] = []
         loading: list[Future[Any]] = []
         running: list[RayFuture[Any]] = []  # not finished: no watcher needed while we wait
@@ -266,18 +296,26 @@ class RayBackend(Backend):
             runtime, self._runtime = self._runtime, None
         if runtime is None:
             return
+        held = self._gate.held()  # waiting for their turn: sent as the tasks before them end
         mine = runtime.unfinished(self)
         if cancel_futures:
-            for future in mine:
+            for future in [*held, *mine]:  # those in the gate first: none is sent meanwhile
                 future.cancel()
+        elif not wait:
+            self._gate.flush()  # to Ray now, in priority order
         if wait:
-            cf.wait(mine)
+            cf.wait([*held, *mine])
         self._calls.clear()
         self._specs.clear()
         self._functions.clear()
         release(runtime)
 
     # -- internals ---------------------------------------------------------------------
+    def _in_engine(self) -> list[Future[Any]]:
+        """This executor's unfinished futures whose tasks Ray has (for the gate)."""
+        runtime = self._runtime
+        return [] if runtime is None else runtime.unfinished(self)
+
     def _input(self, runtime: Runtime, dep: Future[Any]) -> Any:
         """What stands for an input future among the task's arguments."""
         if (isinstance(dep._backend, RayBackend) and dep._backend._runtime is runtime

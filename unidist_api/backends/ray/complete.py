@@ -231,7 +231,7 @@ class RayFuture(Future[T]):
         super().__init__(backend)
 
     def _watch(self) -> None:
-        if not self._watched:
+        if not self._watched and self.handle is not None:  # None: not sent yet (the gate)
             self._watched = True
             self._runtime.watch(self)
 
