@@ -23,7 +23,8 @@ from .data_report import print_data
 from .measure import log
 from .report import Section, machine_info, print_section, print_summary, write_json
 
-BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "data", "keyed", "unidist", "memory",
+BENCHMARKS = ("submit", "map", "cpu", "pipeline", "load", "data", "keyed", "checkpoint",
+              "unidist", "memory",
               "streaming")
 BACKENDS = ("serial", "local", "dask", "ray")
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
@@ -48,16 +49,19 @@ class Sizes:
     data_rounds: int  # the data benchmark's rounds (its runs are long): --repeats overrides
     data_scales: tuple[int, ...]  # its sizes: 1 = the base size, 4 = four times the bytes
     keyed_pairs: int  # (key, value) pairs of the reduce_by_key benchmark
+    checkpoint_items: int  # tiny items of the map with and without a checkpoint journal
 
 
 FULL = Sizes(submit=200, batch=1000, map_items=100_000, map_slow_items=10_000, cpu_tasks=40,
              cpu_seconds=0.05, pipeline_items=20, memory_items=1_000_000, peer_submit=200,
              peer_map=5_000, load_map_items=100_000, load_futures=10_000, repeats=5,
-             budget=1.0, data_rounds=3, data_scales=(1, 4), keyed_pairs=1_000_000)
+             budget=1.0, data_rounds=3, data_scales=(1, 4), keyed_pairs=1_000_000,
+             checkpoint_items=100_000)
 QUICK = Sizes(submit=50, batch=200, map_items=20_000, map_slow_items=1_000, cpu_tasks=12,
               cpu_seconds=0.05, pipeline_items=8, memory_items=200_000, peer_submit=30,
               peer_map=500, load_map_items=20_000, load_futures=2_000, repeats=2,
-              budget=0.2, data_rounds=1, data_scales=(1,), keyed_pairs=200_000)
+              budget=0.2, data_rounds=1, data_scales=(1,), keyed_pairs=200_000,
+              checkpoint_items=20_000)
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -127,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         show(result)
 
     in_process = [key for key in args.only
-                  if key in ("submit", "map", "cpu", "pipeline", "load", "data", "keyed")]
+                  if key in ("submit", "map", "cpu", "pipeline", "load", "data", "keyed",
+                              "checkpoint")]
     if in_process:
-        from . import cpu_bound, keyed, load, map_tiny, pipeline_bound, submit
+        from . import checkpoint, cpu_bound, keyed, load, map_tiny, pipeline_bound, submit
         from .engines import Engines
 
         engines = Engines(args.backends)
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load": lambda: load.run(engines, sizes.load_map_items, sizes.load_futures,
                                          repeats),
                 "keyed": lambda: keyed.run(engines, sizes.keyed_pairs, repeats),
+                "checkpoint": lambda: checkpoint.run(engines, sizes.checkpoint_items, repeats),
                 "data": lambda: _data(engines, sizes.data_scales,
                                       args.repeats or sizes.data_rounds),
             }

@@ -20,6 +20,7 @@ import pytest
 
 import unidist_api as ua
 from unidist_api.errors import CheckpointError, JournalInUseError, NotAJournalError
+from unidist_api.journal import settle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,9 +62,13 @@ def settled_calls(folder: Path) -> dict[str, int]:
 
 
 def recorded(journal: Path) -> int:
-    """How many results the journal holds (read as another program would)."""
+    """How many results the journal holds (read as another program would, once the
+    last commits of the calls that ended have been made)."""
+    settle()
     with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
-        count: int = db.execute("SELECT count(*) FROM results").fetchone()[0]
+        count: int = db.execute(
+            "SELECT (SELECT count(*) FROM results) + "
+            "(SELECT coalesce(sum(count), 0) FROM batches)").fetchone()[0]
     db.close()
     return count
 

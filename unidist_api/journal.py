@@ -2,8 +2,12 @@
 ``Pipeline(iterable, checkpoint=PATH)``, in an SQLite database at PATH.
 
 Each call (a function, or a pipeline's chain of stages: :mod:`.fingerprint`) has a row
-in ``calls``; each finished item a row in ``results`` keyed by the call and the item's
-key, holding the pickled result. The database is in WAL mode and commits in batches
+in ``calls``. A run records each finished batch as one row of ``batches``: its inputs
+(one pickle of the list, or for large items the list of their keys) and its results
+(one pickle), so a first run pays two pickles of a list per batch, not a row per item.
+A rerun, when it opens the journal, first indexes those rows into ``results``, one row
+per item keyed by the call and the item's key (:func:`.fingerprint.item_key`), which it
+then looks items up in. The database is in WAL mode and commits in batches
 (at most :data:`COMMIT_SECONDS` apart, and when the call ends), so a killed program
 loses at most the last fraction of a second of results, which a rerun computes again.
 One process at a time: the journal is locked (``flock``) while a call uses it.
@@ -23,12 +27,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import CheckpointError, JournalInUseError, NotAJournalError
+from .fingerprint import item_key
 
-__all__ = ["Journal", "open_journal", "describe", "COMMIT_SECONDS"]
+__all__ = ["Journal", "open_journal", "describe", "settle", "COMMIT_SECONDS"]
 
-FORMAT = "unidist-api journal 1"
+FORMAT = "unidist-api journal 2"
 COMMIT_SECONDS = 0.25  # results are committed at least this often
-_COMMIT_ROWS = 50_000
+_COMMIT_ROWS = 1000  # batches
 _HEADER = b"SQLite format 3\x00"
 _LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...)
 
@@ -38,7 +43,13 @@ CREATE TABLE calls (id INTEGER PRIMARY KEY, fingerprint BLOB UNIQUE, kind TEXT, 
                     created REAL, updated REAL);
 CREATE TABLE results (call INTEGER, item BLOB, value BLOB, PRIMARY KEY (call, item))
     WITHOUT ROWID;
+CREATE TABLE batches (id INTEGER PRIMARY KEY, call INTEGER, count INTEGER, keyed INTEGER,
+                      inputs BLOB, results BLOB);
+CREATE INDEX batches_of_call ON batches (call);
 """
+#: A batch's inputs are stored as their pickle while it is at most this many bytes per item,
+#: else as their keys (an item's key is at most 40 bytes: fingerprint.item_key).
+_INPUTS_PER_ITEM = 64
 
 
 def check_path(path: str | os.PathLike[str]) -> str:
@@ -136,53 +147,98 @@ def _lock(path: str) -> int:
     return fd
 
 
+#: Journals of this process whose last commit runs in the background, by path: a new
+#: call on the same path waits for it (the lock is released only then).
+_closers: dict[str, threading.Thread] = {}
+_closing_lock = threading.Lock()
+
+
 class Journal:
     """One call's view of a journal: look items up, record finished ones.
 
-    Thread-safe (a map may be run out by another thread at shutdown); :meth:`close`
-    commits what is left and releases the lock.
+    Thread-safe (a map may be run out by another thread at shutdown). Opening a new
+    journal only locks the file; the database is made at the first commit, off the
+    caller's thread when it can be. :meth:`close` hands the last commit to a thread, so
+    the call that ends does not wait for SQLite's final checkpoint; the lock goes with
+    it, and the next call on that path in this process waits for it.
     """
 
     def __init__(self, path: str, fingerprint: bytes, kind: str, name: str) -> None:
         self.path = path
+        self._fingerprint, self._kind, self._name = fingerprint, kind, name
+        self._key = os.path.realpath(path)  # in _closers
+        _wait_for_close(self._key)
         self._fd = _lock(path)
+        self._db: sqlite3.Connection | None = None
+        self.call = 0
+        #: results recorded for this call when it opened (0: nothing to look up)
+        self.recorded = 0
         try:
-            existed = _check_existing(path, self._fd)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            if not existed:
-                self._create()
-            now = time.time()
-            self._db.execute(
-                "INSERT INTO calls (fingerprint, kind, name, created, updated) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET updated = ?",
-                (fingerprint, kind, name, now, now, now))
-            self.call = self._db.execute("SELECT id FROM calls WHERE fingerprint = ?",
-                                         (fingerprint,)).fetchone()[0]
-            #: results recorded for this call when it opened (0: nothing to look up)
-            self.recorded = self._db.execute("SELECT count(*) FROM results WHERE call = ?",
-                                             (self.call,)).fetchone()[0]
+            if _check_existing(path, self._fd):  # a rerun: what does it hold?
+                db = self._connect(existed=True)
+                self._index()
+                self.recorded = db.execute(
+                    "SELECT count(*) FROM results WHERE call = ?", (self.call,)).fetchone()[0]
         except BaseException:
             self._release()
             raise
         self._lock = threading.Lock()
-        self._rows: list[tuple[int, bytes, bytes]] = []
+        self._rows: list[tuple[int, int, bytes, bytes]] = []  # batches still to commit
         self._committed = time.monotonic()
         self._timer: threading.Timer | None = None  # commits rows left waiting
         self.closed = False
 
-    def _create(self) -> None:
-        self._db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-        self._db.execute("INSERT INTO unidist_api_journal VALUES ('format', ?)", (FORMAT,))
-        self._db.execute("INSERT INTO unidist_api_journal VALUES ('created', ?)",
-                         (repr(time.time()),))
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema in the main file
+    def _connect(self, existed: bool) -> sqlite3.Connection:
+        """The database, opened (and made, for a new journal) with this call's row."""
+        if self._db is not None:
+            return self._db
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if not existed:
+            db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            db.execute("INSERT INTO unidist_api_journal VALUES ('format', ?)", (FORMAT,))
+            db.execute("INSERT INTO unidist_api_journal VALUES ('created', ?)",
+                       (repr(time.time()),))
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema in the main file
+        now = time.time()
+        db.execute(
+            "INSERT INTO calls (fingerprint, kind, name, created, updated) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET updated = ?",
+            (self._fingerprint, self._kind, self._name, now, now, now))
+        self.call = db.execute("SELECT id FROM calls WHERE fingerprint = ?",
+                               (self._fingerprint,)).fetchone()[0]
+        return db
+
+    def _index(self) -> None:
+        """Turn this call's recorded batches into one ``results`` row per item (a rerun)."""
+        db = self._db
+        assert db is not None
+        rows = db.execute("SELECT id, keyed, inputs, results FROM batches WHERE call = ?",
+                          (self.call,)).fetchall()
+        if not rows:
+            return
+        db.execute("BEGIN")
+        try:
+            for batch, keyed, inputs, results in rows:
+                keys = pickle.loads(inputs)
+                if not keyed:
+                    keys = [item_key(item) for item in keys]
+                db.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                    [(self.call, key, _dumps(value))
+                     for key, value in zip(keys, pickle.loads(results), strict=True)])
+                db.execute("DELETE FROM batches WHERE id = ?", (batch,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Any]:
         """The recorded results among ``keys`` (unpickled)."""
         found: dict[bytes, Any] = {}
-        if not self.recorded:
+        if not self.recorded or self._db is None:
             return found
         with self._lock:
             for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -195,14 +251,25 @@ class Journal:
                     found[item] = pickle.loads(value)
         return found
 
-    def record(self, keys: Sequence[bytes], values: Sequence[Any]) -> None:
-        """Record finished items (committed within :data:`COMMIT_SECONDS`)."""
-        call = self.call
-        rows = [(call, key, _dumps(value)) for key, value in zip(keys, values, strict=True)]
+    def record(self, items: Sequence[Any], keys: Sequence[bytes] | None,
+               values: Sequence[Any]) -> None:
+        """Record the finished ``items`` (with their ``keys`` if known) and their ``values``,
+        as one batch (committed within :data:`COMMIT_SECONDS`)."""
+        count = len(values)
+        if not count:
+            return
+        if keys is None:
+            inputs = _dumps(items if len(items) == count else items[:count])
+            if len(inputs) > _INPUTS_PER_ITEM * count:  # large items: keep their keys only
+                keys = [item_key(item) for item in items[:count]]
+        if keys is not None:
+            inputs = _dumps(list(keys[:count]))
+        results = values if type(values) is list else list(values)
+        row = (count, int(keys is not None), inputs, _dumps(results))
         with self._lock:
             if self.closed:
                 return
-            self._rows.extend(rows)
+            self._rows.append(row)
             if (len(self._rows) >= _COMMIT_ROWS
                     or time.monotonic() - self._committed >= COMMIT_SECONDS):
                 self._commit()
@@ -226,35 +293,72 @@ class Journal:
         if not rows:
             return
         try:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+            db = self._connect(existed=False)
+            call = self.call
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO batches (call, count, keyed, inputs, results) "
+                           "VALUES (?, ?, ?, ?, ?)", [(call, *row) for row in rows])
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
+            if self._db is not None and self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise CheckpointError(
                 f"cannot write to the checkpoint journal {self.path!r}: {exc}") from exc
 
     def close(self) -> None:
-        """Commit what is left, and release the journal for other calls."""
+        """Commit what is left and release the journal, in a thread (see the class)."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             if self._timer is not None:
                 self._timer.cancel()
-            try:
+        # not a daemon: the interpreter waits for it at exit, so the last commit is made
+        thread = threading.Thread(target=self._finish, name="unidist-api journal close")
+        with _closing_lock:
+            _closers[self._key] = thread
+        thread.start()
+
+    def _finish(self) -> None:
+        try:
+            with self._lock:
                 self._commit()
-                self._db.execute("UPDATE calls SET updated = ? WHERE id = ?",
-                                 (time.time(), self.call))
-            finally:
-                self._release()
+                if self._db is not None:
+                    self._db.execute("UPDATE calls SET updated = ? WHERE id = ?",
+                                     (time.time(), self.call))
+        except Exception:
+            logging.getLogger(__name__).warning(
+                "unidist-api: the last results of a map could not be written to the "
+                "checkpoint journal %r (a rerun computes them again)", self.path,
+                exc_info=True)
+        finally:
+            self._release()
+            with _closing_lock:
+                if _closers.get(self._key) is threading.current_thread():
+                    del _closers[self._key]
 
     def _release(self) -> None:
-        db = getattr(self, "_db", None)
+        db = self._db
         if db is not None:
             db.close()
         os.close(self._fd)
+
+
+def settle() -> None:
+    """Wait until every journal this process closed has made its last commit."""
+    with _closing_lock:
+        threads = list(_closers.values())
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+def _wait_for_close(path: str) -> None:
+    """Wait for this process's last commit on ``path`` (a journal closed just before)."""
+    with _closing_lock:
+        thread = _closers.get(path)
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
 
 
 def _dumps(value: Any) -> bytes:
@@ -282,10 +386,12 @@ def describe(path: str | os.PathLike[str]) -> list[str]:
         created = db.execute(
             "SELECT value FROM unidist_api_journal WHERE name = 'created'").fetchone()
         calls = db.execute(
-            "SELECT calls.id, kind, name, created, updated, count(results.item), "
-            "coalesce(sum(length(results.value)), 0) FROM calls "
-            "LEFT JOIN results ON results.call = calls.id GROUP BY calls.id "
-            "ORDER BY calls.id").fetchall()
+            "SELECT id, kind, name, created, updated, "
+            "(SELECT count(*) FROM results WHERE call = calls.id) + "
+            "(SELECT coalesce(sum(count), 0) FROM batches WHERE call = calls.id), "
+            "(SELECT coalesce(sum(length(value)), 0) FROM results WHERE call = calls.id) + "
+            "(SELECT coalesce(sum(length(results)), 0) FROM batches WHERE call = calls.id) "
+            "FROM calls ORDER BY id").fetchall()
     lines = [f"journal: {os.path.abspath(text)}", f"format: {FORMAT}",
              f"size: {os.path.getsize(text)} bytes"]
     if created:

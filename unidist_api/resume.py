@@ -30,12 +30,12 @@ _MISSING: Any = object()
 
 @dataclass(slots=True)
 class Chunk:
-    """``count`` consecutive input items: ``items`` to run (with their ``keys``), and the
-    recorded results of the others by position (``hits``)."""
+    """``count`` consecutive input items: ``items`` to run (with their ``keys`` when they
+    were looked up), and the recorded results of the others by position (``hits``)."""
 
     count: int
     items: list[Any]
-    keys: list[bytes]
+    keys: list[bytes] | None
     hits: dict[int, Any] = field(default_factory=dict)
 
     def merge(self, values: Sequence[Any]) -> list[Any]:
@@ -87,7 +87,7 @@ class Resume:
                 self.exhausted = True
             if not items:
                 return None
-            return Chunk(len(items), items, [item_key(item) for item in items])
+            return Chunk(len(items), items, None)
         self._fill(size, ahead)
         buffer = self._buffer
         if not buffer:
@@ -108,7 +108,7 @@ class Resume:
             item, key, value = buffer.popleft()
             if value is _MISSING:
                 chunk.items.append(item)
-                chunk.keys.append(key)
+                chunk.keys.append(key)  # type: ignore[union-attr]
             else:
                 chunk.hits[chunk.count] = value
             chunk.count += 1
@@ -129,8 +129,7 @@ class Resume:
 
     def record(self, chunk: Chunk, values: Sequence[Any]) -> None:
         """Record the results of (the first ``len(values)``) items the chunk ran."""
-        if values:
-            self.journal.record(chunk.keys[:len(values)], values)
+        self.journal.record(chunk.items, chunk.keys, values)
 
     def close(self) -> None:
         self.journal.close()
