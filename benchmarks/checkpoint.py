@@ -25,21 +25,25 @@ TARGET = 1.3
 
 
 def run(engines: Engines, n: int, repeats: int) -> Section:
-    section = Section("checkpoint", f"map of {n:,} tiny items with a checkpoint journal",
-                      "s", columns=["/ no journal"])
+    section = Section(
+        "checkpoint",
+        f"map of {n:,} tiny items with a checkpoint journal",
+        "s",
+        columns=["/ no journal"],
+    )
     folder = tempfile.mkdtemp(prefix="unidist-api-bench-journal-")
     try:
         for backend, ex in engines.ours.items():
             _measure(section, backend, ex, n, repeats, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    section.notes.append("first run: a new journal each round; rerun: every item recorded, "
-                         "none runs")
+    section.notes.append(
+        "first run: a new journal each round; rerun: every item recorded, none runs"
+    )
     return section
 
 
-def _measure(section: Section, backend: str, ex: object, n: int, repeats: int,
-             folder: str) -> None:
+def _measure(section: Section, backend: str, ex: object, n: int, repeats: int, folder: str) -> None:
     items = range(n)
     counter = [0]
     full = os.path.join(folder, f"{backend}-full.journal")
@@ -70,8 +74,11 @@ def _measure(section: Section, backend: str, ex: object, n: int, repeats: int,
         return seconds
 
     list(ex.map(inc, items, checkpoint=full))  # type: ignore[attr-defined]
-    names = {f"{backend}: no journal": plain, f"{backend}: journal, first run": journal,
-             f"{backend}: journal, rerun (all recorded)": rerun}
+    names = {
+        f"{backend}: no journal": plain,
+        f"{backend}: journal, first run": journal,
+        f"{backend}: journal, rerun (all recorded)": rerun,
+    }
     contenders: dict[str, Callable[[], float]] = dict(names)
     results = alternate(contenders, repeats, label=f"checkpoint {backend}")
     for name in names:
@@ -79,5 +86,4 @@ def _measure(section: Section, backend: str, ex: object, n: int, repeats: int,
     base = f"{backend}: no journal"
     first = section.ratio(f"{backend}: journal, first run", base, "/ no journal")
     section.ratio(f"{backend}: journal, rerun (all recorded)", base, "/ no journal")
-    section.target(f"{backend}: journal, first run", "first run / no journal", first, "<=",
-                   TARGET)
+    section.target(f"{backend}: journal, first run", "first run / no journal", first, "<=", TARGET)

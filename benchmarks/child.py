@@ -40,9 +40,15 @@ def run_child(module: str, args: list[str], timeout: float) -> dict[str, Any]:
     The child runs in a session of its own, so on timeout it is stopped with every
     process it started.
     """
-    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
-                               env=child_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -60,8 +66,9 @@ def run_child(module: str, args: list[str], timeout: float) -> dict[str, Any]:
         raise RuntimeError(f"{module} {' '.join(args)} took over {timeout:g} s") from None
     for line in reversed(stdout.splitlines()):
         if line.startswith(MARK):
-            result: dict[str, Any] = json.loads(line[len(MARK):])
+            result: dict[str, Any] = json.loads(line[len(MARK) :])
             return result
     tail = " | ".join(stderr.strip().splitlines()[-5:])
-    raise RuntimeError(f"{module} {' '.join(args)} exited {process.returncode} "
-                       f"without a result: {tail}")
+    raise RuntimeError(
+        f"{module} {' '.join(args)} exited {process.returncode} without a result: {tail}"
+    )

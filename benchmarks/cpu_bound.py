@@ -33,31 +33,40 @@ def _efficiency(run_all: Callable[[], list[float]]) -> Callable[[], float]:
     return measure
 
 
-def _contenders(engines: Engines, tasks: int, seconds: float
-                ) -> dict[str, tuple[str, Callable[[], float]]]:
+def _contenders(
+    engines: Engines, tasks: int, seconds: float
+) -> dict[str, tuple[str, Callable[[], float]]]:
     work = [seconds] * tasks
     found: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def ours(backend: str, raw: str) -> None:
         ex = engines.ours[backend]
         found[f"ours {backend}: ex.map"] = (raw, _efficiency(lambda: list(ex.map(burn, work))))
-        found[f"ours {backend}: submit+gather"] = (raw, _efficiency(
-            lambda: ex.gather([ex.submit(burn, s) for s in work])))
+        found[f"ours {backend}: submit+gather"] = (
+            raw,
+            _efficiency(lambda: ex.gather([ex.submit(burn, s) for s in work])),
+        )
 
     if engines.has("local"):
         loky: Any = engines.loky
-        found["raw loky: submit+result"] = ("", _efficiency(
-            lambda: [f.result() for f in [loky.submit(burn, s) for s in work]]))
+        found["raw loky: submit+result"] = (
+            "",
+            _efficiency(lambda: [f.result() for f in [loky.submit(burn, s) for s in work]]),
+        )
         ours("local", "raw loky: submit+result")
     if engines.has("dask"):
         client = engines.client
-        found["raw dask: client.submit+gather"] = ("", _efficiency(
-            lambda: client.gather([client.submit(burn, s, pure=False) for s in work])))
+        found["raw dask: client.submit+gather"] = (
+            "",
+            _efficiency(lambda: client.gather([client.submit(burn, s, pure=False) for s in work])),
+        )
         ours("dask", "raw dask: client.submit+gather")
     if engines.has("ray"):
         ray, remote = engines.ray, engines.ray_burn
-        found["raw ray: f.remote+ray.get"] = ("", _efficiency(
-            lambda: ray.get([remote.remote(s) for s in work])))
+        found["raw ray: f.remote+ray.get"] = (
+            "",
+            _efficiency(lambda: ray.get([remote.remote(s) for s in work])),
+        )
         ours("ray", "raw ray: f.remote+ray.get")
     return found
 
@@ -69,10 +78,15 @@ def run(engines: Engines, tasks: int, seconds: float, repeats: int) -> Section:
             bounded(prime, TIMEOUT)
         except Exception:
             pass
-    results = alternate({name: fn for name, (_, fn) in found.items()}, repeats, label="cpu",
-                        warmup=0)
-    section = Section("cpu", f"CPU-bound: {tasks} tasks of {seconds * 1000:g} ms CPU on "
-                      f"{WORKERS} workers", "efficiency", columns=["ours/raw"])
+    results = alternate(
+        {name: fn for name, (_, fn) in found.items()}, repeats, label="cpu", warmup=0
+    )
+    section = Section(
+        "cpu",
+        f"CPU-bound: {tasks} tasks of {seconds * 1000:g} ms CPU on {WORKERS} workers",
+        "efficiency",
+        columns=["ours/raw"],
+    )
     for name in found:
         section.rows.append(Row.of(name, results[name]))
     for name, (raw, _) in found.items():
@@ -80,6 +94,8 @@ def run(engines: Engines, tasks: int, seconds: float, repeats: int) -> Section:
             ratio = section.ratio(name, raw, "ours/raw")
             section.target(name, "ours/raw", ratio, ">=", TARGET)
     ideal = tasks * seconds / WORKERS
-    section.notes.append(f"efficiency = sum(task CPU s) / ({WORKERS} x wall); ideal wall "
-                         f"{ideal:.2f} s; higher is better")
+    section.notes.append(
+        f"efficiency = sum(task CPU s) / ({WORKERS} x wall); ideal wall "
+        f"{ideal:.2f} s; higher is better"
+    )
     return section

@@ -80,8 +80,9 @@ class Tree:
         except psutil.Error:
             return [self.me]
 
-    def members(self, group: str | None, procs: list[psutil.Process] | None = None
-                ) -> list[psutil.Process]:
+    def members(
+        self, group: str | None, procs: list[psutil.Process] | None = None
+    ) -> list[psutil.Process]:
         """The worker processes of ``group`` (none for ``None``: serial has no workers)."""
         if group is None:
             return []
@@ -229,14 +230,14 @@ class Meter:
         with self._lock:
             if refresh:
                 known = {p.pid for p in self._members}
-                self._members += [p for p in self.tree.members(self.group)
-                                  if p.pid not in known]
+                self._members += [p for p in self.tree.members(self.group) if p.pid not in known]
             r = self.reading
             driver = _status(self.tree.me.pid)
             if driver is not None:
                 r.driver_peak_mb = max(r.driver_peak_mb, (driver[0] - self._driver0[0]) / MB)
-                r.driver_shm_peak_mb = max(r.driver_shm_peak_mb,
-                                           (driver[1] - self._driver0[1]) / MB)
+                r.driver_shm_peak_mb = max(
+                    r.driver_shm_peak_mb, (driver[1] - self._driver0[1]) / MB
+                )
             private, shared = self._growth()
             r.worker_peak_mb = max(r.worker_peak_mb, private / MB)
             r.worker_shared_peak_mb = max(r.worker_shared_peak_mb, shared / MB)

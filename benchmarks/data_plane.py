@@ -54,33 +54,42 @@ class Pair:
     backend: str
 
 
-PAIRS = (Pair("ray vs raw ray", "ours ray", "raw ray", "ray"),
-         Pair("dask vs raw dask", "ours dask", "raw dask", "dask"),
-         Pair("local vs joblib", "ours local", "joblib", "local"),
-         Pair("local vs plain loky", "ours local", "raw loky", "local"),
-         Pair("serial (reference)", "ours serial", None, "serial"))
+PAIRS = (
+    Pair("ray vs raw ray", "ours ray", "raw ray", "ray"),
+    Pair("dask vs raw dask", "ours dask", "raw dask", "dask"),
+    Pair("local vs joblib", "ours local", "joblib", "local"),
+    Pair("local vs plain loky", "ours local", "raw loky", "local"),
+    Pair("serial (reference)", "ours serial", None, "serial"),
+)
 
 
 def contenders(engines: Engines) -> list[Contender]:
     """Every contender whose engine runs, in the order of the first round."""
     found = []
     if engines.has("ray"):
-        found += [Contender("ours ray", "ours", engines.ours["ray"], "ray"),
-                  Contender("raw ray", "ray", RayKit(engines.ray), "ray")]
+        found += [
+            Contender("ours ray", "ours", engines.ours["ray"], "ray"),
+            Contender("raw ray", "ray", RayKit(engines.ray), "ray"),
+        ]
     if engines.has("dask"):
-        found += [Contender("ours dask", "ours", engines.ours["dask"], "dask"),
-                  Contender("raw dask", "dask", engines.client, "dask")]
+        found += [
+            Contender("ours dask", "ours", engines.ours["dask"], "dask"),
+            Contender("raw dask", "dask", engines.client, "dask"),
+        ]
     if engines.has("local"):
-        found += [Contender("ours local", "ours", engines.ours["local"], "loky"),
-                  Contender("joblib", "joblib", None, "joblib"),
-                  Contender("raw loky", "loky", engines.loky, "loky")]
+        found += [
+            Contender("ours local", "ours", engines.ours["local"], "loky"),
+            Contender("joblib", "joblib", None, "joblib"),
+            Contender("raw loky", "loky", engines.loky, "loky"),
+        ]
     if engines.has("serial"):
         found.append(Contender("ours serial", "ours", engines.ours["serial"], None))
     return found
 
 
-def _measurement(work: Workload, who: Contender, tree: Tree,
-                 readings: list[Reading]) -> Callable[[], float]:
+def _measurement(
+    work: Workload, who: Contender, tree: Tree, readings: list[Reading]
+) -> Callable[[], float]:
     """One round of ``who`` on ``work``: its wall seconds; every number kept in ``readings``."""
 
     def measure() -> float:
@@ -139,18 +148,26 @@ def ratio(ours: Stats, raw: Stats, field: str) -> float | None:
 def _case(section: Section, work: Workload, stats: dict[str, Stats]) -> None:
     """The rows, ratios and targets of one workload at one size."""
     label = f"{work.key} {work.title} x{work.scale}"
-    case: dict[str, Any] = {"workload": work.key, "title": work.title, "scale": work.scale,
-                            "describe": work.describe(), "gathered_mb": work.gathered_bytes()
-                            / 2**20, "contenders": {}, "pairs": []}
+    case: dict[str, Any] = {
+        "workload": work.key,
+        "title": work.title,
+        "scale": work.scale,
+        "describe": work.describe(),
+        "gathered_mb": work.gathered_bytes() / 2**20,
+        "contenders": {},
+        "pairs": [],
+    }
     for name, st in stats.items():
-        case["contenders"][name] = {"error": st.error,
-                                    "rounds": [as_dict(r) for r in st.readings]}
-        row = Row(f"{label}: {name}", st.median("wall"), [r.wall for r in st.readings],
-                  error=st.error)
+        case["contenders"][name] = {"error": st.error, "rounds": [as_dict(r) for r in st.readings]}
+        row = Row(
+            f"{label}: {name}", st.median("wall"), [r.wall for r in st.readings], error=st.error
+        )
         if not st.error:
-            row.note = (f"CPU {st.median('cpu') or 0:.2f} s, driver "
-                        f"+{st.median('driver_peak_mb') or 0:.0f} MB, workers "
-                        f"+{st.median('worker_peak_mb') or 0:.0f} MB")
+            row.note = (
+                f"CPU {st.median('cpu') or 0:.2f} s, driver "
+                f"+{st.median('driver_peak_mb') or 0:.0f} MB, workers "
+                f"+{st.median('worker_peak_mb') or 0:.0f} MB"
+            )
         section.rows.append(row)
         if st.wrong:
             section.target(row.contender, "result correct", 0.0, ">=", 1.0)
@@ -163,8 +180,15 @@ def _case(section: Section, work: Workload, stats: dict[str, Stats]) -> None:
             continue
         wall = ratio(ours, raw, "wall") if raw else None
         cpu = ratio(ours, raw, "cpu") if raw else None
-        case["pairs"].append({"label": pair.label, "ours": pair.ours, "raw": pair.raw,
-                              "wall_ratio": wall, "cpu_ratio": cpu})
+        case["pairs"].append(
+            {
+                "label": pair.label,
+                "ours": pair.ours,
+                "raw": pair.raw,
+                "wall_ratio": wall,
+                "cpu_ratio": cpu,
+            }
+        )
         subject = f"{label}: {pair.ours}"
         ours_row = section.row(subject)
         if ours_row is not None and pair.raw:
@@ -179,8 +203,16 @@ def _case(section: Section, work: Workload, stats: dict[str, Stats]) -> None:
     section.extra.setdefault("cases", {})[label] = case
 
 
-def _targets(section: Section, work: Workload, pair: Pair, subject: str, ours: Stats,
-             raw: Stats, wall: float | None, cpu: float | None) -> None:
+def _targets(
+    section: Section,
+    work: Workload,
+    pair: Pair,
+    subject: str,
+    ours: Stats,
+    raw: Stats,
+    wall: float | None,
+    cpu: float | None,
+) -> None:
     key, vs = work.key, pair.raw
     if pair.backend in ("ray", "dask"):
         limit = SPEED_W2_RAY if (key, pair.backend) == ("W2", "ray") else SPEED
@@ -188,31 +220,43 @@ def _targets(section: Section, work: Workload, pair: Pair, subject: str, ours: S
         section.target(subject, f"CPU ours/{vs}", cpu, "<=", limit)
         if key in ("W3", "W5"):
             raw_mb = raw.median("driver_peak_mb")
-            section.target(subject, f"driver MB (raw {raw_mb or 0:.1f})",
-                           ours.median("driver_peak_mb"), "<=",
-                           round(SLACK_MB + 1.1 * max(raw_mb or 0.0, 0.0), 1))
-    elif (key, vs) in (("W1", "joblib"), ("W4", "joblib"), ("W5", "joblib"),
-                       ("W2", "raw loky")):
+            section.target(
+                subject,
+                f"driver MB (raw {raw_mb or 0:.1f})",
+                ours.median("driver_peak_mb"),
+                "<=",
+                round(SLACK_MB + 1.1 * max(raw_mb or 0.0, 0.0), 1),
+            )
+    elif (key, vs) in (("W1", "joblib"), ("W4", "joblib"), ("W5", "joblib"), ("W2", "raw loky")):
         section.target(subject, f"CPU ours/{vs}", cpu, "<=", 1.0)
     reference = "raw loky" if key == "W2" else "joblib"
     if pair.backend == "local" and vs != reference:
         return  # local's memory targets: against one reference only
     if key == "W2":
         gathered = work.gathered_bytes() / 2**20
-        section.target(subject, f"driver MB (gathered {gathered:.0f})",
-                       ours.median("driver_peak_mb"), "<=", round(1.1 * gathered, 1))
+        section.target(
+            subject,
+            f"driver MB (gathered {gathered:.0f})",
+            ours.median("driver_peak_mb"),
+            "<=",
+            round(1.1 * gathered, 1),
+        )
     raw_mb = raw.median("worker_peak_mb")
-    section.target(subject, f"worker MB (raw {raw_mb or 0:.1f})",
-                   ours.median("worker_peak_mb"), "<=",
-                   round(SLACK_MB + 1.1 * max(raw_mb or 0.0, 0.0), 1))
-    section.target(subject, "worker MB held after", ours.median("worker_held_mb"), "<=",
-                   SLACK_MB)
+    section.target(
+        subject,
+        f"worker MB (raw {raw_mb or 0:.1f})",
+        ours.median("worker_peak_mb"),
+        "<=",
+        round(SLACK_MB + 1.1 * max(raw_mb or 0.0, 0.0), 1),
+    )
+    section.target(subject, "worker MB held after", ours.median("worker_held_mb"), "<=", SLACK_MB)
 
 
 def run(engines: Engines, scales: tuple[int, ...], rounds: int) -> Section:
     """Every workload at every scale, on the engines that run."""
-    section = Section("data", "data plane: NumPy arrays between the caller and 2 workers",
-                      "s", columns=[])
+    section = Section(
+        "data", "data plane: NumPy arrays between the caller and 2 workers", "s", columns=[]
+    )
     section.extra["scales"] = list(scales)
     section.extra["rounds"] = rounds
     who = contenders(engines)
@@ -224,8 +268,7 @@ def run(engines: Engines, scales: tuple[int, ...], rounds: int) -> Section:
             try:
                 work = kind(scale)
             except Exception as exc:  # e.g. no memory for the inputs: the others go on
-                log(f"{label}: could not prepare the inputs, skipped: "
-                    f"{type(exc).__name__}: {exc}")
+                log(f"{label}: could not prepare the inputs, skipped: {type(exc).__name__}: {exc}")
                 section.notes.append(f"{kind.key} x{scale}: not run: {exc}")
                 continue
             log(f"{label}: {work.describe()}")
@@ -233,14 +276,20 @@ def run(engines: Engines, scales: tuple[int, ...], rounds: int) -> Section:
             warmup = 1 if scale == scales[0] else 0  # once per workload and contender
             results: dict[str, Measured] = alternate(
                 {c.name: _measurement(work, c, tree, readings[c.name]) for c in who},
-                rounds, warmup=warmup, label=label)
-            stats = {name: Stats(readings[name][warmup:], results[name].error)
-                     for name in readings}
+                rounds,
+                warmup=warmup,
+                label=label,
+            )
+            stats = {name: Stats(readings[name][warmup:], results[name].error) for name in readings}
             _case(section, work, stats)
             del work
-    section.notes.append("wall and CPU: medians of the rounds; ratios: median of ours/raw "
-                         "round by round; CPU = driver + all its descendant processes")
-    section.notes.append(f"memory targets allow {SLACK_MB:g} MB of noise; the JSON file "
-                         "also has each round's exact USS growth where the caller holds "
-                         "the results (driver_uss_mb, worker_uss_mb)")
+    section.notes.append(
+        "wall and CPU: medians of the rounds; ratios: median of ours/raw "
+        "round by round; CPU = driver + all its descendant processes"
+    )
+    section.notes.append(
+        f"memory targets allow {SLACK_MB:g} MB of noise; the JSON file "
+        "also has each round's exact USS growth where the caller holds "
+        "the results (driver_uss_mb, worker_uss_mb)"
+    )
     return section

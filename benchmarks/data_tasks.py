@@ -24,7 +24,7 @@ def pattern(n: int) -> Any:
 def slice_sum(arr: Any, i: int, parts: int) -> float:
     """The sum of slice ``i`` of ``parts`` equal slices of ``arr`` (it reads only that)."""
     n = len(arr)
-    return float(arr[i * n // parts:(i + 1) * n // parts].sum())
+    return float(arr[i * n // parts : (i + 1) * n // parts].sum())
 
 
 def full(n: int, value: float) -> Any:

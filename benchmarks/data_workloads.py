@@ -96,27 +96,27 @@ class Broadcast(Workload):
         self.expected_total = float(self.arr.sum())
 
     def describe(self) -> str:
-        return (f"one {self.arr.nbytes / MB:.0f} MB array stored once, {self.parts} tasks "
-                f"each sum a slice")
+        return (
+            f"one {self.arr.nbytes / MB:.0f} MB array stored once, {self.parts} tasks "
+            f"each sum a slice"
+        )
 
     def run_ours(self, ex: Any) -> Any:
         handle = ex.put(self.arr)
-        return ex.gather([ex.submit(slice_sum, handle, i, self.parts)
-                          for i in range(self.parts)])
+        return ex.gather([ex.submit(slice_sum, handle, i, self.parts) for i in range(self.parts)])
 
     def run_ray(self, kit: RayKit) -> Any:
         ref = kit.ray.put(self.arr)
-        return kit.ray.get([kit.slice_sum.remote(ref, i, self.parts)
-                            for i in range(self.parts)])
+        return kit.ray.get([kit.slice_sum.remote(ref, i, self.parts) for i in range(self.parts)])
 
     def run_dask(self, client: Any) -> Any:
         stored = client.scatter(self.arr, hash=False)  # broadcast=False, as ours
-        return client.gather([client.submit(slice_sum, stored, i, self.parts, pure=False)
-                              for i in range(self.parts)])
+        return client.gather(
+            [client.submit(slice_sum, stored, i, self.parts, pure=False) for i in range(self.parts)]
+        )
 
     def run_joblib(self, _: Any) -> Any:
-        return _parallel()(_delayed(slice_sum)(self.arr, i, self.parts)
-                           for i in range(self.parts))
+        return _parallel()(_delayed(slice_sum)(self.arr, i, self.parts) for i in range(self.parts))
 
     def run_loky(self, pool: Any) -> Any:
         futures = [pool.submit(slice_sum, self.arr, i, self.parts) for i in range(self.parts)]
@@ -140,8 +140,10 @@ class Results(Workload):
         self.n = 10 * MB * scale // FLOAT
 
     def describe(self) -> str:
-        return (f"{self.count} tasks each return a fresh {self.n * FLOAT / MB:.0f} MB array, "
-                "all gathered")
+        return (
+            f"{self.count} tasks each return a fresh {self.n * FLOAT / MB:.0f} MB array, "
+            "all gathered"
+        )
 
     def gathered_bytes(self) -> int:
         return self.count * self.n * FLOAT
@@ -153,8 +155,9 @@ class Results(Workload):
         return kit.ray.get([kit.full.remote(self.n, i) for i in range(self.count)])
 
     def run_dask(self, client: Any) -> Any:
-        return client.gather([client.submit(full, self.n, i, pure=False)
-                              for i in range(self.count)])
+        return client.gather(
+            [client.submit(full, self.n, i, pure=False) for i in range(self.count)]
+        )
 
     def run_joblib(self, _: Any) -> Any:
         return _parallel()(_delayed(full)(self.n, i) for i in range(self.count))
@@ -170,9 +173,13 @@ class Results(Workload):
         if len(out) != self.count:
             raise Wrong(f"{len(out)} results, expected {self.count}")
         for i, (a, s) in enumerate(zip(out, digest, strict=True)):
-            if not (isinstance(a, np.ndarray) and a.dtype == np.float64
-                    and a.shape == (self.n,) and s == float(i * self.n)
-                    and bool((a == i).all())):
+            if not (
+                isinstance(a, np.ndarray)
+                and a.dtype == np.float64
+                and a.shape == (self.n,)
+                and s == float(i * self.n)
+                and bool((a == i).all())
+            ):
                 raise Wrong(f"result {i} is not np.full({self.n}, {i}.0)")
 
 
@@ -187,8 +194,10 @@ class Chain(Workload):
         self.expected = [float((k + 1) * self.n) for k in range(self.pairs)]
 
     def describe(self) -> str:
-        return (f"{self.pairs} pairs: A makes a {self.n * FLOAT / MB:.0f} MB array, B gets "
-                "A's future and sums it")
+        return (
+            f"{self.pairs} pairs: A makes a {self.n * FLOAT / MB:.0f} MB array, B gets "
+            "A's future and sums it"
+        )
 
     def run_ours(self, ex: Any) -> Any:
         firsts = [ex.submit(full, self.n, k + 1) for k in range(self.pairs)]
@@ -207,8 +216,7 @@ class Chain(Workload):
         return _parallel()(_delayed(total)(a) for a in arrays)
 
     def run_loky(self, pool: Any) -> Any:
-        arrays = [f.result() for f in [pool.submit(full, self.n, k + 1)
-                                       for k in range(self.pairs)]]
+        arrays = [f.result() for f in [pool.submit(full, self.n, k + 1) for k in range(self.pairs)]]
         return [f.result() for f in [pool.submit(total, a) for a in arrays]]
 
     def check(self, out: Any, digest: Any) -> None:
@@ -223,22 +231,34 @@ class Matmul(Workload):
 
     def __init__(self, scale: int) -> None:
         super().__init__(scale)
-        side = 1536 * max(1, round(scale ** 0.5))  # 4x the bytes: twice the side
+        side = 1536 * max(1, round(scale**0.5))  # 4x the bytes: twice the side
         self.side, self.block = side, side // self.grid
         rng = np.random.default_rng(20240)
         self.a = rng.standard_normal((side, side))
         self.b = rng.standard_normal((side, side))
         self.expected = self.a @ self.b
         b, g = self.block, self.grid
-        self.a_blocks = [[np.ascontiguousarray(self.a[i * b:(i + 1) * b, k * b:(k + 1) * b])
-                          for k in range(g)] for i in range(g)]
-        self.b_blocks = [[np.ascontiguousarray(self.b[k * b:(k + 1) * b, j * b:(j + 1) * b])
-                          for j in range(g)] for k in range(g)]
+        self.a_blocks = [
+            [
+                np.ascontiguousarray(self.a[i * b : (i + 1) * b, k * b : (k + 1) * b])
+                for k in range(g)
+            ]
+            for i in range(g)
+        ]
+        self.b_blocks = [
+            [
+                np.ascontiguousarray(self.b[k * b : (k + 1) * b, j * b : (j + 1) * b])
+                for j in range(g)
+            ]
+            for k in range(g)
+        ]
 
     def describe(self) -> str:
         b = self.block
-        return (f"{self.side}x{self.side} in {self.grid}x{self.grid} blocks of {b}x{b} "
-                f"({b * b * FLOAT / 1e6:.2f} MB), one task per C block")
+        return (
+            f"{self.side}x{self.side} in {self.grid}x{self.grid} blocks of {b}x{b} "
+            f"({b * b * FLOAT / 1e6:.2f} MB), one task per C block"
+        )
 
     def _tasks(self, store: Any, submit: Any) -> list[Any]:
         g = self.grid
@@ -253,16 +273,20 @@ class Matmul(Workload):
         return kit.ray.get(self._tasks(kit.ray.put, kit.block_dot.remote))
 
     def run_dask(self, client: Any) -> Any:
-        return client.gather(self._tasks(
-            lambda x: client.scatter(x, hash=False),
-            lambda *blocks: client.submit(block_dot, *blocks, pure=False)))
+        return client.gather(
+            self._tasks(
+                lambda x: client.scatter(x, hash=False),
+                lambda *blocks: client.submit(block_dot, *blocks, pure=False),
+            )
+        )
 
     def run_joblib(self, _: Any) -> Any:
         return _parallel()(self._tasks(lambda x: x, _delayed(block_dot)))
 
     def run_loky(self, pool: Any) -> Any:
-        return [f.result() for f in self._tasks(lambda x: x,
-                                                functools.partial(pool.submit, block_dot))]
+        return [
+            f.result() for f in self._tasks(lambda x: x, functools.partial(pool.submit, block_dot))
+        ]
 
     def digest(self, out: Any) -> Any:
         g = self.grid
@@ -285,15 +309,18 @@ class Stages(Workload):
         self.expected = [total(self.make(i)) for i in range(self.items)]  # plain Python
 
     def describe(self) -> str:
-        return (f"{self.items} items, stage 1 makes a {self.n * FLOAT / MB:.0f} MB array, "
-                "stage 2 sums it")
+        return (
+            f"{self.items} items, stage 1 makes a {self.n * FLOAT / MB:.0f} MB array, "
+            "stage 2 sums it"
+        )
 
     def run_ours(self, ex: Any) -> Any:
         return list(ex.pipeline(self.make, total)(range(self.items)))
 
     def run_ray(self, kit: RayKit) -> Any:
-        return kit.ray.get([kit.total.remote(kit.full.remote(self.n, i))
-                            for i in range(self.items)])
+        return kit.ray.get(
+            [kit.total.remote(kit.full.remote(self.n, i)) for i in range(self.items)]
+        )
 
     def run_dask(self, client: Any) -> Any:
         made = [client.submit(full, self.n, i, pure=False) for i in range(self.items)]

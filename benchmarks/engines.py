@@ -98,16 +98,22 @@ class Engines:
 
         # the scheduler's HTTP server moves off a busy 8787 by itself; no need to warn
         warnings.filterwarnings("ignore", message="Port 8787 is already in use")
-        self.cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None)
+        self.cluster = LocalCluster(
+            n_workers=WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
         self.client = Client(self.cluster)
 
     def _start_ray(self) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
-        ray.init(address="local", num_cpus=WORKERS, include_dashboard=False,
-                 logging_level=logging.ERROR)
+        ray.init(
+            address="local", num_cpus=WORKERS, include_dashboard=False, logging_level=logging.ERROR
+        )
         self.ray = ray
         self.ray_inc = ray.remote(inc)
         self.ray_burn = ray.remote(burn)
@@ -129,11 +135,13 @@ class Engines:
         """
         steps: list[tuple[str, Callable[[], Any]]] = [
             (f"ours on {backend}", functools.partial(ex.shutdown, wait=True))
-            for backend, ex in self.ours.items() if not isinstance(ex, _Broken)
+            for backend, ex in self.ours.items()
+            if not isinstance(ex, _Broken)
         ]
         if self.loky is not None:
-            steps.append(("loky", functools.partial(self.loky.shutdown, wait=True,
-                                                    kill_workers=True)))
+            steps.append(
+                ("loky", functools.partial(self.loky.shutdown, wait=True, kill_workers=True))
+            )
         if self.client is not None:
             steps.append(("the dask client", self.client.close))
         if self.cluster is not None:

@@ -23,8 +23,9 @@ def main(runs: int = 7) -> None:
     times = []
     heavy = set()
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+        ).stdout.split()
         times.append(float(out[0]))
         heavy.update(m for m in (out[1:] or [""])[0].split(",") if m)
     median_ms = statistics.median(times) * 1000

@@ -69,10 +69,12 @@ def run(engines: Engines, n: int, repeats: int) -> Section:
     pairs = make_pairs(n)
     expected = dict_loop(pairs)
     found: dict[str, Callable[[], float]] = {
-        "plain python dict loop": _timed(lambda: dict_loop(pairs), expected)}
+        "plain python dict loop": _timed(lambda: dict_loop(pairs), expected)
+    }
     for backend, ex in engines.ours.items():
         found[f"ours {backend}"] = _timed(
-            lambda ex=ex: ex.reduce_by_key(operator.add, pairs), expected)
+            lambda ex=ex: ex.reduce_by_key(operator.add, pairs), expected
+        )
     if engines.has("dask"):
         import dask.bag as db
 
@@ -85,8 +87,12 @@ def run(engines: Engines, n: int, repeats: int) -> Section:
 
         found["dask.bag foldby"] = _timed(foldby, expected)
     results = alternate(found, repeats, label="keyed")
-    section = Section("keyed", f"reduce_by_key: {n:,} pairs of {KEYS:,} str keys, int sums",
-                      "s", columns=["/dict loop", "/foldby"])
+    section = Section(
+        "keyed",
+        f"reduce_by_key: {n:,} pairs of {KEYS:,} str keys, int sums",
+        "s",
+        columns=["/dict loop", "/foldby"],
+    )
     for name in found:
         section.rows.append(Row.of(name, results[name]))
     for backend, ex in engines.ours.items():
@@ -99,6 +105,8 @@ def run(engines: Engines, n: int, repeats: int) -> Section:
         if backend == "dask":
             section.target(name, "/foldby", ratio, "<", TARGET)
     section.ratio("dask.bag foldby", "plain python dict loop", "/dict loop")
-    section.notes.append("the pairs are a list in the caller: each contender ships them "
-                         "(ours: in blocks of up to 64k pairs; foldby: inside its graph)")
+    section.notes.append(
+        "the pairs are a list in the caller: each contender ships them "
+        "(ours: in blocks of up to 64k pairs; foldby: inside its graph)"
+    )
     return section

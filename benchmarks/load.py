@@ -45,8 +45,7 @@ def _map(ex: object, n: int) -> Callable[[], float]:
 def _futures(ex: object, n: int) -> Callable[[], float]:
     def measure() -> float:
         out: list[int] = []
-        seconds = timed(lambda: out.extend(
-            ex.gather([ex.submit(inc, i) for i in range(n)])))  # type: ignore[attr-defined]
+        seconds = timed(lambda: out.extend(ex.gather([ex.submit(inc, i) for i in range(n)])))  # type: ignore[attr-defined]
         if len(out) != n or out[-1] != n:
             raise AssertionError(f"wrong result: {len(out)} items")
         return seconds / n
@@ -65,8 +64,10 @@ def run(engines: Engines, map_items: int, futures: int, repeats: int) -> Section
     for backend, ex in engines.ours.items():
         for kind, make, large in (("map", _map, map_items), ("futures", _futures, futures)):
             small = large // 10
-            names = (f"ours {backend}: {kind} {_label(small)}",
-                     f"ours {backend}: {kind} {_label(large)}")
+            names = (
+                f"ours {backend}: {kind} {_label(small)}",
+                f"ours {backend}: {kind} {_label(large)}",
+            )
             found[names[0]] = make(ex, small)
             found[names[1]] = make(ex, large)
             pairs.append((*names, not (backend == "serial" and kind == "futures")))
@@ -76,18 +77,24 @@ def run(engines: Engines, map_items: int, futures: int, repeats: int) -> Section
         results = alternate(found, min(repeats, MAX_REPEATS), label="load")
     finally:
         gc.unfreeze()
-    section = Section("load", f"Load: time per item as a map grows 10x ({_label(map_items // 10)}"
-                      f" -> {_label(map_items)}) and as futures in flight grow 10x "
-                      f"({_label(futures // 10)} -> {_label(futures)})", "µs/item",
-                      columns=["per item vs 10x fewer"])
+    section = Section(
+        "load",
+        f"Load: time per item as a map grows 10x ({_label(map_items // 10)}"
+        f" -> {_label(map_items)}) and as futures in flight grow 10x "
+        f"({_label(futures // 10)} -> {_label(futures)})",
+        "µs/item",
+        columns=["per item vs 10x fewer"],
+    )
     for name in found:
         section.rows.append(Row.of(name, results[name], scale=1e6))
     for small, large, has_target in pairs:
         ratio = section.ratio(large, small, "per item vs 10x fewer")
         if has_target:
             section.target(large, "per item vs 10x fewer", ratio, "<=", TARGET)
-    section.notes.append("map: list(ex.map(inc, range(n))); futures: ex.gather of n "
-                         "ex.submit(inc, i) made before waiting; ratio <= 1.5: no slowdown "
-                         "beyond linear; the harness's own heap is gc.freeze()d; serial's "
-                         "futures: no target (none is ever in flight)")
+    section.notes.append(
+        "map: list(ex.map(inc, range(n))); futures: ex.gather of n "
+        "ex.submit(inc, i) made before waiting; ratio <= 1.5: no slowdown "
+        "beyond linear; the harness's own heap is gc.freeze()d; serial's "
+        "futures: no target (none is ever in flight)"
+    )
     return section

@@ -51,8 +51,9 @@ class _Peers:
     def __init__(self) -> None:
         self.closers: list[Callable[[], Any]] = []
 
-    def make(self, what: str, factory: Callable[[], Any],
-             close: Callable[[Any], Any]) -> Any | None:
+    def make(
+        self, what: str, factory: Callable[[], Any], close: Callable[[Any], Any]
+    ) -> Any | None:
         try:
             pool = factory()
         except Exception as exc:
@@ -102,32 +103,47 @@ def _contenders(engines: Engines, peers: _Peers, n: int, n_slow: int) -> _Found:
         found[MP_POOL] = lambda xs: pool.map(inc, xs)
     from concurrent.futures import ProcessPoolExecutor
 
-    ppe = peers.make("ProcessPoolExecutor", lambda: ProcessPoolExecutor(WORKERS,
-                     mp_context=spawn), lambda p: p.shutdown(wait=True, cancel_futures=True))
+    ppe = peers.make(
+        "ProcessPoolExecutor",
+        lambda: ProcessPoolExecutor(WORKERS, mp_context=spawn),
+        lambda p: p.shutdown(wait=True, cancel_futures=True),
+    )
     if ppe is not None:
         found["ProcessPoolExecutor(2).map chunksize=1"] = (
-            lambda xs: list(ppe.map(inc, xs, chunksize=1)), *per_item_bounds)
-        found["ProcessPoolExecutor(2).map chunksize=1000"] = (
-            lambda xs: list(ppe.map(inc, xs, chunksize=1000)))
+            lambda xs: list(ppe.map(inc, xs, chunksize=1)),
+            *per_item_bounds,
+        )
+        found["ProcessPoolExecutor(2).map chunksize=1000"] = lambda xs: list(
+            ppe.map(inc, xs, chunksize=1000)
+        )
     if engines.has("ray"):
         ray, remote = engines.ray, engines.ray_inc
         found["raw ray per item: ray.get([f.remote(x)...])"] = (
-            lambda xs: ray.get([remote.remote(x) for x in xs]), *per_item_bounds)
+            lambda xs: ray.get([remote.remote(x) for x in xs]),
+            *per_item_bounds,
+        )
         from ray.util.multiprocessing import Pool as RayPool
 
-        ray_pool = peers.make("ray.util.multiprocessing.Pool", lambda: RayPool(WORKERS),
-                              lambda p: p.terminate())
+        ray_pool = peers.make(
+            "ray.util.multiprocessing.Pool", lambda: RayPool(WORKERS), lambda p: p.terminate()
+        )
         if ray_pool is not None:
             found["ray.util.multiprocessing.Pool(2).map"] = lambda xs: ray_pool.map(inc, xs)
     if engines.has("dask"):
         client = engines.client
         found["raw dask per item: client.map+gather"] = (
-            lambda xs: client.gather(client.map(inc, xs, pure=False)), *per_item_bounds)
+            lambda xs: client.gather(client.map(inc, xs, pure=False)),
+            *per_item_bounds,
+        )
         import dask.bag as db
 
         found[f"dask.bag map, npartitions={BAG_PARTITIONS}"] = (
-            lambda xs: db.from_sequence(xs, npartitions=BAG_PARTITIONS).map(inc)
-            .compute(scheduler=client), min(2000, n), n)
+            lambda xs: (
+                db.from_sequence(xs, npartitions=BAG_PARTITIONS).map(inc).compute(scheduler=client)
+            ),
+            min(2000, n),
+            n,
+        )
     return found
 
 
@@ -162,12 +178,17 @@ def run(engines: Engines, n: int, n_slow: int, repeats: int, budget: float) -> S
                 continue
             sizes[name] = fit(per_item, budget, lo, hi)
         order = [name for name in found if name in sizes]
-        results = alternate({name: _per_item(found[name][0], sizes[name]) for name in order},
-                            repeats, label="map", warmup=0)
+        results = alternate(
+            {name: _per_item(found[name][0], sizes[name]) for name in order},
+            repeats,
+            label="map",
+            warmup=0,
+        )
     finally:
         peers.close()
-    section = Section("map", "map over tiny items: time per item", "µs/item",
-                      columns=["vs joblib", "vs mp.Pool"])
+    section = Section(
+        "map", "map over tiny items: time per item", "µs/item", columns=["vs joblib", "vs mp.Pool"]
+    )
     for name in order:
         section.rows.append(Row.of(name, results[name], 1e6, f"n={sizes[name]:,}"))
     for row in section.rows:
@@ -179,11 +200,19 @@ def run(engines: Engines, n: int, n_slow: int, repeats: int, budget: float) -> S
             continue  # in-process: a reference, not a contender
         name = f"ours {backend}: ex.map"
         row = section.row(name)
-        section.target(name, "ours/joblib", row.ratios.get("vs joblib") if row else None,
-                       "<=", VS_JOBLIB)
+        section.target(
+            name, "ours/joblib", row.ratios.get("vs joblib") if row else None, "<=", VS_JOBLIB
+        )
         if backend == "local":
-            section.target(name, "ours/mp.Pool", row.ratios.get("vs mp.Pool") if row else None,
-                           "<=", VS_MP_POOL)
-    section.notes.append("ratio = µs per item / the reference's; lower is better; "
-                         "pools made and warmed up outside the timing")
+            section.target(
+                name,
+                "ours/mp.Pool",
+                row.ratios.get("vs mp.Pool") if row else None,
+                "<=",
+                VS_MP_POOL,
+            )
+    section.notes.append(
+        "ratio = µs per item / the reference's; lower is better; "
+        "pools made and warmed up outside the timing"
+    )
     return section

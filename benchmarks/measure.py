@@ -50,8 +50,9 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def alternate(contenders: Mapping[str, Callable[[], float]], repeats: int, *,
-              warmup: int = 1, label: str = "") -> dict[str, Measured]:
+def alternate(
+    contenders: Mapping[str, Callable[[], float]], repeats: int, *, warmup: int = 1, label: str = ""
+) -> dict[str, Measured]:
     """Warm every contender up, then ``repeats`` rounds of one measurement each.
 
     The first round runs in the given order, later ones in a shuffled order (seeded, so

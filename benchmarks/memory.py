@@ -19,8 +19,7 @@ TIMEOUT = 300.0
 
 
 def run(backends: list[str], n: int) -> Section:
-    section = Section("memory", f"driver memory: streamed map of {n:,} items, kept nothing",
-                      "MB")
+    section = Section("memory", f"driver memory: streamed map of {n:,} items, kept nothing", "MB")
     for backend in backends:
         name = f"ours {backend}: peak RSS growth"
         log(f"memory: {backend} ({n:,} items, fresh process)")
@@ -30,11 +29,18 @@ def run(backends: list[str], n: int) -> Section:
             log(f"memory: {backend} failed, skipped: {exc}")
             section.rows.append(Row(name, None, error=str(exc)))
             continue
-        section.rows.append(Row(
-            name, got["growth_mb"], [got["growth_mb"]],
-            f"baseline {got['baseline_mb']:.0f} MB, peak {got['peak_mb']:.0f} MB, "
-            f"{got['us_per_item']:.2f} µs/item"))
+        section.rows.append(
+            Row(
+                name,
+                got["growth_mb"],
+                [got["growth_mb"]],
+                f"baseline {got['baseline_mb']:.0f} MB, peak {got['peak_mb']:.0f} MB, "
+                f"{got['us_per_item']:.2f} µs/item",
+            )
+        )
         section.target(name, "MB", got["growth_mb"], "<", TARGET_MB)
-    section.notes.append("RSS of the calling process sampled every 20 ms; baseline after the "
-                         "backend started and warmed up; one fresh process per backend")
+    section.notes.append(
+        "RSS of the calling process sampled every 20 ms; baseline after the "
+        "backend started and warmed up; one fresh process per backend"
+    )
     return section

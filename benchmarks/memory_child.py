@@ -69,9 +69,14 @@ def measure(backend: str, n: int) -> dict[str, float]:
     finally:
         ex.shutdown()
     mb = 2**20
-    return {"n": n, "baseline_mb": baseline / mb, "peak_mb": peak[0] / mb,
-            "growth_mb": (peak[0] - baseline) / mb, "seconds": seconds,
-            "us_per_item": seconds / n * 1e6}
+    return {
+        "n": n,
+        "baseline_mb": baseline / mb,
+        "peak_mb": peak[0] / mb,
+        "growth_mb": (peak[0] - baseline) / mb,
+        "seconds": seconds,
+        "us_per_item": seconds / n * 1e6,
+    }
 
 
 def main() -> None:

@@ -59,8 +59,12 @@ def _measure(ex: ua.Executor, items: int, limit: float) -> Callable[[], float]:
     return measure
 
 
-def _chained(submit: Callable[[float, object], object], gather: Callable[[list[object]], Any],
-             items: int, limit: float) -> Callable[[], float]:
+def _chained(
+    submit: Callable[[float, object], object],
+    gather: Callable[[list[object]], Any],
+    items: int,
+    limit: float,
+) -> Callable[[], float]:
     """The raw engine: every item's chain of stage tasks submitted at once, then gathered."""
 
     def measure() -> float:
@@ -82,19 +86,22 @@ def _chained(submit: Callable[[float, object], object], gather: Callable[[list[o
 
 def run(engines: Engines, items: int, repeats: int) -> Section:
     limits = {backend: bound(items, STAGES, ex.workers) for backend, ex in engines.ours.items()}
-    found = {f"ours {backend}": _measure(ex, items, limits[backend])
-             for backend, ex in engines.ours.items()}
+    found = {
+        f"ours {backend}": _measure(ex, items, limits[backend])
+        for backend, ex in engines.ours.items()
+    }
     raw: dict[str, str] = {}  # ours -> its raw reference
     if engines.has("dask"):
         client = engines.client
         found["raw dask: chained client.submit"] = _chained(
-            lambda t, x: client.submit(nap, t, x, pure=False), client.gather, items,
-            limits["dask"])
+            lambda t, x: client.submit(nap, t, x, pure=False), client.gather, items, limits["dask"]
+        )
         raw["ours dask"] = "raw dask: chained client.submit"
     if engines.has("ray"):
         ray, remote = engines.ray, engines.ray.remote(nap)
         found["raw ray: chained f.remote"] = _chained(
-            lambda t, x: remote.remote(t, x), ray.get, items, limits["ray"])
+            lambda t, x: remote.remote(t, x), ray.get, items, limits["ray"]
+        )
         raw["ours ray"] = "raw ray: chained f.remote"
     for ex in engines.ours.values():  # a cheap warm-up: the stage functions shipped
         try:
@@ -104,22 +111,32 @@ def run(engines: Engines, items: int, repeats: int) -> Section:
             pass  # shows in the rounds
     results = alternate(found, repeats, label="pipeline", warmup=0)
     shape = ", ".join(f"{t:g} s" + (f" (workers={w})" if w else "") for t, w in STAGES)
-    section = Section("pipeline", f"pipeline of 3 sleeping stages ({shape}) over {items} items",
-                      "wall/bound", columns=["ours/raw"])
+    section = Section(
+        "pipeline",
+        f"pipeline of 3 sleeping stages ({shape}) over {items} items",
+        "wall/bound",
+        columns=["ours/raw"],
+    )
     for backend, ex in engines.ours.items():
         name = f"ours {backend}"
         names = [name, raw[name]] if name in raw else [name]
         for each in names:
             row = Row.of(each, results[each])
             if row.value is not None:
-                row.note = (f"wall {row.value * limits[backend]:.2f} s, bound "
-                            f"{limits[backend]:.2f} s, W={ex.workers}")
+                row.note = (
+                    f"wall {row.value * limits[backend]:.2f} s, bound "
+                    f"{limits[backend]:.2f} s, W={ex.workers}"
+                )
             section.rows.append(row)
         if name in raw:
             section.ratio(name, raw[name], "ours/raw")
         section.target(name, "wall/bound", section.rows[-len(names)].value, "<=", TARGET)
-    section.notes.append("bound = max(items*sum(t)/W, max over stages of "
-                         "items*t_s/min(w_s,W) + sum(t) - t_s); W = the executor's task slots")
-    section.notes.append("raw = the same tasks chained through the engine's own futures, all "
-                         "submitted at once (no per-stage limits)")
+    section.notes.append(
+        "bound = max(items*sum(t)/W, max over stages of "
+        "items*t_s/min(w_s,W) + sum(t) - t_s); W = the executor's task slots"
+    )
+    section.notes.append(
+        "raw = the same tasks chained through the engine's own futures, all "
+        "submitted at once (no per-stage limits)"
+    )
     return section

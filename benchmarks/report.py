@@ -14,11 +14,27 @@ from typing import Any
 
 from .measure import Measured
 
-__all__ = ["Row", "Target", "Section", "machine_info", "print_section", "print_summary",
-           "write_json"]
+__all__ = [
+    "Row",
+    "Target",
+    "Section",
+    "machine_info",
+    "print_section",
+    "print_summary",
+    "write_json",
+]
 
-PACKAGES = ("unidist-api", "ray", "dask", "distributed", "loky", "joblib", "unidist",
-            "cloudpickle", "psutil")
+PACKAGES = (
+    "unidist-api",
+    "ray",
+    "dask",
+    "distributed",
+    "loky",
+    "joblib",
+    "unidist",
+    "cloudpickle",
+    "psutil",
+)
 
 
 @dataclass
@@ -33,13 +49,19 @@ class Row:
     ratios: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, contender: str, measured: Measured | None, scale: float = 1.0,
-           note: str = "") -> Row:
+    def of(
+        cls, contender: str, measured: Measured | None, scale: float = 1.0, note: str = ""
+    ) -> Row:
         if measured is None:
             return cls(contender, None, note=note, error="not run")
         median = measured.median
-        return cls(contender, None if median is None else median * scale,
-                   [s * scale for s in measured.samples], note, measured.error)
+        return cls(
+            contender,
+            None if median is None else median * scale,
+            [s * scale for s in measured.samples],
+            note,
+            measured.error,
+        )
 
 
 @dataclass
@@ -57,8 +79,11 @@ class Target:
     def ok(self) -> bool | None:
         if self.measured is None:
             return None
-        return {"<=": self.measured <= self.limit, "<": self.measured < self.limit,
-                ">=": self.measured >= self.limit}[self.op]
+        return {
+            "<=": self.measured <= self.limit,
+            "<": self.measured < self.limit,
+            ">=": self.measured >= self.limit,
+        }[self.op]
 
     @property
     def status(self) -> str:
@@ -87,8 +112,9 @@ class Section:
         row.ratios[column] = row.value / ref.value
         return row.ratios[column]
 
-    def target(self, subject: str, what: str, measured: float | None, op: str,
-               limit: float) -> None:
+    def target(
+        self, subject: str, what: str, measured: float | None, op: str, limit: float
+    ) -> None:
         if self.row(subject) is not None:
             self.targets.append(Target(self.key, subject, what, measured, op, limit))
 
@@ -97,8 +123,9 @@ def _fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     if unit.startswith("µs"):
-        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else \
-            f"{value:.2f}"
+        return (
+            f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+        )
     if unit == "efficiency":
         return f"{value:.3f}"
     if unit == "MB":
@@ -123,17 +150,23 @@ def print_section(section: Section) -> None:
         goal = "; ".join(f"{t.what} {t.op} {t.limit:g}" for t in targets)
         status = _status(section, row)
         note = f"failed: {row.error}" if row.error else row.note
-        lines.append([
-            row.contender, _fmt_value(row.value, section.unit),
-            *(f"{row.ratios[c]:.2f}x" if c in row.ratios else "" for c in section.columns),
-            f"{status} ({goal})" if goal and status and not row.error else "", note,
-        ])
+        lines.append(
+            [
+                row.contender,
+                _fmt_value(row.value, section.unit),
+                *(f"{row.ratios[c]:.2f}x" if c in row.ratios else "" for c in section.columns),
+                f"{status} ({goal})" if goal and status and not row.error else "",
+                note,
+            ]
+        )
     numeric = range(1, 2 + len(section.columns))  # the value and the ratio columns
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     print(f"\n== {section.title} ==")
     for cells in [header, *lines]:
-        padded = [cell.rjust(width) if i in numeric else cell.ljust(width)
-                  for i, (cell, width) in enumerate(zip(cells, widths, strict=True))]
+        padded = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
         print("  ".join(padded).rstrip())
     for note in section.notes:
         print(f"   {note}")
@@ -145,12 +178,16 @@ def print_summary(sections: list[Section], wall: float) -> None:
     print("\n== Summary of targets ==")
     for t in targets:
         measured = "-" if t.measured is None else f"{t.measured:.3g}"
-        print(f"{t.status:4}  {t.section}: {t.subject}: {t.what} = {measured} "
-              f"(target {t.op} {t.limit:g})")
+        print(
+            f"{t.status:4}  {t.section}: {t.subject}: {t.what} = {measured} "
+            f"(target {t.op} {t.limit:g})"
+        )
     passed = sum(t.ok is True for t in targets)
     missed = sum(t.ok is False for t in targets)
-    print(f"{passed} passed, {missed} missed, {len(targets) - passed - missed} not measured; "
-          f"suite wall time {wall / 60:.1f} min")
+    print(
+        f"{passed} passed, {missed} missed, {len(targets) - passed - missed} not measured; "
+        f"suite wall time {wall / 60:.1f} min"
+    )
 
 
 def _version(name: str) -> str:
@@ -180,8 +217,9 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_json(path: Path, sections: list[Section], info: dict[str, Any],
-               options: dict[str, Any], wall: float) -> None:
+def write_json(
+    path: Path, sections: list[Section], info: dict[str, Any], options: dict[str, Any], wall: float
+) -> None:
     data: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": info,

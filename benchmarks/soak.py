@@ -91,8 +91,7 @@ def _mismatches(got: list[int], want: list[int]) -> int:
     return sum(a != b for a, b in zip(got, want, strict=False)) + abs(len(want) - len(got))
 
 
-def _round(ex: ua.Executor, kind: str, rng: random.Random, killer: Killer,
-           report: Report) -> None:
+def _round(ex: ua.Executor, kind: str, rng: random.Random, killer: Killer, report: Report) -> None:
     """One map, pipeline or reduce checked against plain Python; lost items counted."""
     n = rng.randint(100, 2000)
     items = list(range(rng.randint(0, 10_000), 0, -1))[:n]
@@ -164,8 +163,10 @@ def soak(backend: str, seconds: float, kill_every: float, seed: int) -> Report:
             _round(ex, kind, rng, killer, report)
             report.rounds += 1
             if report.rounds % 10 == 0:
-                log(f"{backend}: {report.rounds} rounds, {report.tasks} tasks, "
-                    f"{killer.kills} kills, {report.lost} lost, rss {_rss_mb():.0f} MB")
+                log(
+                    f"{backend}: {report.rounds} rounds, {report.tasks} tasks, "
+                    f"{killer.kills} kills, {report.lost} lost, rss {_rss_mb():.0f} MB"
+                )
     finally:
         killer.stop.set()
         killer.join()
@@ -180,12 +181,23 @@ def soak(backend: str, seconds: float, kill_every: float, seed: int) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
-    parser.add_argument("--minutes", type=float, default=20.0,
-                        help="total length, shared evenly by the backends (default 20)")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help=f"comma-separated (default {','.join(BACKENDS)})")
-    parser.add_argument("--kill-every", type=float, default=4.0,
-                        help="mean seconds between two worker kills (default 4)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=20.0,
+        help="total length, shared evenly by the backends (default 20)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated (default {','.join(BACKENDS)})",
+    )
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        default=4.0,
+        help="mean seconds between two worker kills (default 4)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
@@ -199,11 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"soak: {name} for {share:.0f} s, a worker killed every ~{args.kill_every:g} s")
         reports.append(soak(name, share, args.kill_every, args.seed))
     print(f"\n== Soak: {args.minutes:g} min, a worker killed every ~{args.kill_every:g} s ==")
-    print(f"{'backend':8} {'rounds':>7} {'tasks':>9} {'kills':>6} {'lost':>5} "
-          f"{'rss start':>10} {'rss end':>8}")
+    print(
+        f"{'backend':8} {'rounds':>7} {'tasks':>9} {'kills':>6} {'lost':>5} "
+        f"{'rss start':>10} {'rss end':>8}"
+    )
     for r in reports:
-        print(f"{r.backend:8} {r.rounds:>7} {r.tasks:>9,} {r.kills:>6} {r.lost:>5} "
-              f"{r.rss_start_mb:>8.0f}MB {r.rss_end_mb:>6.0f}MB")
+        print(
+            f"{r.backend:8} {r.rounds:>7} {r.tasks:>9,} {r.kills:>6} {r.lost:>5} "
+            f"{r.rss_start_mb:>8.0f}MB {r.rss_end_mb:>6.0f}MB"
+        )
         for error in r.errors[:5]:
             print(f"   {error}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,11 @@ RATIO = 1.3
 SERIAL_RATIO = 1.05
 FIRST_MS = 50.0
 CHILD = "benchmarks.streaming_child"
-CASE_LABELS = {"small": "{n:,} x 1 kB in", "big-in": "{n:,} x 1 MB in",
-               "big-out": "{n:,} x 1 MB out"}
+CASE_LABELS = {
+    "small": "{n:,} x 1 kB in",
+    "big-in": "{n:,} x 1 MB in",
+    "big-out": "{n:,} x 1 MB out",
+}
 
 
 def _case_label(case: str, quick: bool) -> str:
@@ -52,9 +55,13 @@ def memory(backends: list[str], quick: bool) -> Section:
     """Table (a): one fresh process per backend and case."""
     labels = [_case_label(case, quick) for case in CASES]
     state = library_state()
-    section = Section("streaming-memory", f"streaming: driver memory, peak RSS growth "
-                      f"(MB) with {MEMORY_WORKERS} workers, kept nothing", "MB",
-                      extra={"backends": [], "cases": labels, "runs": []})
+    section = Section(
+        "streaming-memory",
+        f"streaming: driver memory, peak RSS growth "
+        f"(MB) with {MEMORY_WORKERS} workers, kept nothing",
+        "MB",
+        extra={"backends": [], "cases": labels, "runs": []},
+    )
     rows = [*backends, *(["raw-ray"] if "ray" in backends else [])]  # Ray's own, as a yardstick
     section.extra["backends"] = rows
     for backend in rows:
@@ -68,22 +75,32 @@ def memory(backends: list[str], quick: bool) -> Section:
                 section.rows.append(Row(name, None, error=str(exc)[:300]))
                 continue
             section.extra["runs"].append(got)
-            note = (f"baseline {got['baseline_mb']:.0f} MB, {got['seconds']:.2f} s, "
-                    f"{got['workers']} workers, shared pages +{got['shared_growth_mb']:.0f} MB")
+            note = (
+                f"baseline {got['baseline_mb']:.0f} MB, {got['seconds']:.2f} s, "
+                f"{got['workers']} workers, shared pages +{got['shared_growth_mb']:.0f} MB"
+            )
             if got["stopped_early"]:
-                note += (f"; stopped at the {GUARD_MB:g} MB guard after {got['consumed']:,} "
-                         f"items: at least this")
+                note += (
+                    f"; stopped at the {GUARD_MB:g} MB guard after {got['consumed']:,} "
+                    f"items: at least this"
+                )
             section.rows.append(Row(name, got["growth_mb"], [got["growth_mb"]], note))
             if backend != "raw-ray":
                 section.target(name, "MB", got["growth_mb"], "<=", MEMORY_MB)
-    section.notes.append("growth = peak RSS of the calling process while streaming - its RSS "
-                         "after warm-up; sampled every 20 ms, and the kernel's VmHWM (reset "
-                         "at the start) where readable; one fresh process per cell")
-    section.notes.append("(s N): N MB of that growth are shared pages (RssShmem), e.g. Ray's "
-                         "object store as mapped by the driver; raw Ray: the same stream by "
-                         "hand, batches of 64 MiB / 12, 12 in flight (ray.wait)")
-    section.notes.append(f"a cell marked >= stopped its input at {GUARD_MB:g} MB of growth "
-                         "(the rest would have grown further)")
+    section.notes.append(
+        "growth = peak RSS of the calling process while streaming - its RSS "
+        "after warm-up; sampled every 20 ms, and the kernel's VmHWM (reset "
+        "at the start) where readable; one fresh process per cell"
+    )
+    section.notes.append(
+        "(s N): N MB of that growth are shared pages (RssShmem), e.g. Ray's "
+        "object store as mapped by the driver; raw Ray: the same stream by "
+        "hand, batches of 64 MiB / 12, 12 in flight (ray.wait)"
+    )
+    section.notes.append(
+        f"a cell marked >= stopped its input at {GUARD_MB:g} MB of growth "
+        "(the rest would have grown further)"
+    )
     _state_note(section, state)
     return section
 
@@ -106,15 +123,21 @@ class Grid:
         self.state = library_state()
         self.load = [_load()]
         for backend in self.backends:
-            for workers in ([MEMORY_WORKERS] if backend == "serial" else [2, MEMORY_WORKERS]):
+            for workers in [MEMORY_WORKERS] if backend == "serial" else [2, MEMORY_WORKERS]:
                 cells = cells_for(backend, workers, self.quick)
                 slots = 1 if backend == "serial" else workers
                 timeout = 120 + 8 * sum(c.bound(slots) for c in cells)
-                log(f"streaming pipeline: {backend} W={workers}, {len(cells)} cells "
-                    f"(fresh process)")
+                log(
+                    f"streaming pipeline: {backend} W={workers}, {len(cells)} cells (fresh process)"
+                )
                 try:
-                    self.runs.append(run_child(CHILD, ["pipeline", backend, str(workers),
-                                                       *(["--quick"] * self.quick)], timeout))
+                    self.runs.append(
+                        run_child(
+                            CHILD,
+                            ["pipeline", backend, str(workers), *(["--quick"] * self.quick)],
+                            timeout,
+                        )
+                    )
                 except Exception as exc:
                     log(f"streaming pipeline: {backend} W={workers} failed: {exc}")
                     self.errors[(backend, workers)] = str(exc)[:300]
@@ -124,13 +147,20 @@ class Grid:
     def pipeline(self) -> Section:
         runs = self._run()
         cells = design(self.quick)
-        section = Section("streaming-pipeline", f"streaming: pipeline grid, {len(cells)} cells "
-                          f"x backends, wall / bound", "wall/bound",
-                          extra={"cells": [{"label": c.label, "bound": c.bound(),
-                                            "serial_bound": c.bound(1)} for c in cells],
-                                 "cores": cores(),
-                                 "runs": runs, "errors": {f"{b} W={w}": e for (b, w), e in
-                                                          self.errors.items()}})
+        section = Section(
+            "streaming-pipeline",
+            f"streaming: pipeline grid, {len(cells)} cells x backends, wall / bound",
+            "wall/bound",
+            extra={
+                "cells": [
+                    {"label": c.label, "bound": c.bound(), "serial_bound": c.bound(1)}
+                    for c in cells
+                ],
+                "cores": cores(),
+                "runs": runs,
+                "errors": {f"{b} W={w}": e for (b, w), e in self.errors.items()},
+            },
+        )
         for run in runs:
             backend = run["backend"]
             limit = SERIAL_RATIO if backend == "serial" else RATIO
@@ -140,31 +170,51 @@ class Grid:
                     section.rows.append(Row(name, None, error=cell.get("error", "not run")))
                     continue
                 ratio = cell["wall"] / cell["bound"]
-                section.rows.append(Row(name, ratio, [ratio], f"wall {cell['wall']:.2f} s, "
-                                        f"bound {cell['bound']:.2f} s, slots {cell['slots']}"))
+                section.rows.append(
+                    Row(
+                        name,
+                        ratio,
+                        [ratio],
+                        f"wall {cell['wall']:.2f} s, "
+                        f"bound {cell['bound']:.2f} s, slots {cell['slots']}",
+                    )
+                )
                 section.target(name, "wall/bound", ratio, "<=", limit)
         for (backend, workers), error in self.errors.items():
             for cell in cells_for(backend, workers, self.quick):
                 section.rows.append(Row(f"ours {backend}: {cell.label}", None, error=error))
-        section.notes.append("cell: W=executor workers, sleep|cpu, items x [per stage: ms per "
-                             "item, /wN = ua.stage(workers=N), none = unset]; run once each")
-        section.notes.append("bound = max over sets A of stages of items*sum_A(t)/min(S, "
-                             "sum_A(L)) + the stages before and after A; S = W slots (CPU-"
-                             f"bound: min(W, {cores()} cores)), L_s = min(w_s or W, S); "
-                             "see benchmarks/streaming_grid.py")
-        section.notes.append(f"load average (1 min) {self.load[0]:.1f} before the grid, "
-                             f"{self.load[-1]:.1f} after, on {cores()} cores: CPU-bound "
-                             "cells share them with whatever else runs")
-        section.notes.append(f"serial: W = 1, only the cells whose serial bound <= "
-                             f"{MAX_BOUND:g} s; target {SERIAL_RATIO:g}, else {RATIO:g}")
+        section.notes.append(
+            "cell: W=executor workers, sleep|cpu, items x [per stage: ms per "
+            "item, /wN = ua.stage(workers=N), none = unset]; run once each"
+        )
+        section.notes.append(
+            "bound = max over sets A of stages of items*sum_A(t)/min(S, "
+            "sum_A(L)) + the stages before and after A; S = W slots (CPU-"
+            f"bound: min(W, {cores()} cores)), L_s = min(w_s or W, S); "
+            "see benchmarks/streaming_grid.py"
+        )
+        section.notes.append(
+            f"load average (1 min) {self.load[0]:.1f} before the grid, "
+            f"{self.load[-1]:.1f} after, on {cores()} cores: CPU-bound "
+            "cells share them with whatever else runs"
+        )
+        section.notes.append(
+            f"serial: W = 1, only the cells whose serial bound <= "
+            f"{MAX_BOUND:g} s; target {SERIAL_RATIO:g}, else {RATIO:g}"
+        )
         _state_note(section, self.state)
         return section
 
     def first(self) -> Section:
         runs = self._run()
-        section = Section("streaming-first", "streaming: time to the first 10 results of "
-                          "ex.map(inc, itertools.count()), warm 6-worker executor, right "
-                          "after a 1,000-item map", "ms", extra={"runs": []})
+        section = Section(
+            "streaming-first",
+            "streaming: time to the first 10 results of "
+            "ex.map(inc, itertools.count()), warm 6-worker executor, right "
+            "after a 1,000-item map",
+            "ms",
+            extra={"runs": []},
+        )
         for run in runs:
             first = run.get("first")
             if not first:
@@ -172,15 +222,23 @@ class Grid:
             name = f"ours {run['backend']}: first 10 results"
             section.extra["runs"].append({"backend": run["backend"], **first})
             samples = ", ".join(f"{s:.0f}" for s in first["samples_ms"])
-            section.rows.append(Row(name, first["median_ms"], first["samples_ms"],
-                                    f"max {first['max_ms']:.1f} ms; samples {samples}"))
+            section.rows.append(
+                Row(
+                    name,
+                    first["median_ms"],
+                    first["samples_ms"],
+                    f"max {first['max_ms']:.1f} ms; samples {samples}",
+                )
+            )
             section.target(name, "median ms", first["median_ms"], "<=", FIRST_MS)
             section.target(name, "max ms", first["max_ms"], "<=", FIRST_MS)
         for (backend, workers), error in self.errors.items():
             if workers == MEMORY_WORKERS:
                 section.rows.append(Row(f"ours {backend}: first 10 results", None, error=error))
-        section.notes.append("median of 5; each time the infinite map is closed after 10 "
-                             "results (its rest cancelled)")
+        section.notes.append(
+            "median of 5; each time the infinite map is closed after 10 "
+            "results (its rest cancelled)"
+        )
         _state_note(section, self.state)
         return section
 
@@ -188,25 +246,31 @@ class Grid:
 def library_state() -> str:
     """The library these numbers measure: its commit, and the files changed since (the
     children import it afresh, so a change during the run shows in the next child)."""
+
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = git("status", "--porcelain", "--", "unidist_api").splitlines()
     digest = hashlib.sha1(git("diff", "HEAD", "--", "unidist_api").encode()).hexdigest()[:8]
-    return (f"{commit} + {len(changed)} changed file(s) in unidist_api (diff {digest})"
-            if changed else f"{commit}, unidist_api unchanged")
+    return (
+        f"{commit} + {len(changed)} changed file(s) in unidist_api (diff {digest})"
+        if changed
+        else f"{commit}, unidist_api unchanged"
+    )
 
 
 def _state_note(section: Section, before: str) -> None:
     after = library_state()
     section.extra["library"] = {"before": before, "after": after}
-    section.notes.append(f"library: {before}" + ("" if after == before else
-                                                 f"; CHANGED during the run: {after}"))
+    section.notes.append(
+        f"library: {before}" + ("" if after == before else f"; CHANGED during the run: {after}")
+    )
 
 
 def _load() -> float:
@@ -216,10 +280,13 @@ def _load() -> float:
         return float("nan")
 
 
-def parts(backends: list[str], quick: bool
-          ) -> list[tuple[str, Callable[[], Section], Callable[[Section], None]]]:
+def parts(
+    backends: list[str], quick: bool
+) -> list[tuple[str, Callable[[], Section], Callable[[Section], None]]]:
     """The three tables, as (key, make, print) for ``python -m benchmarks``."""
     grid = Grid(backends, quick)
-    return [("streaming-memory", lambda: memory(backends, quick), print_memory),
-            ("streaming-pipeline", grid.pipeline, print_grid),
-            ("streaming-first", grid.first, print_section)]
+    return [
+        ("streaming-memory", lambda: memory(backends, quick), print_memory),
+        ("streaming-pipeline", grid.pipeline, print_grid),
+        ("streaming-first", grid.first, print_section),
+    ]

@@ -133,8 +133,13 @@ def _inputs(case: str, n: int, stop: threading.Event | None) -> Iterator[Any]:
     for i in range(n):
         if stop is not None and stop.is_set():
             return
-        yield bytes(1000) + str(i).encode() if case == "small" else one_mb(i) if \
-            case == "big-in" else i
+        yield (
+            bytes(1000) + str(i).encode()
+            if case == "small"
+            else one_mb(i)
+            if case == "big-in"
+            else i
+        )
 
 
 def _stream(ex: Any, case: str, n: int, stop: threading.Event | None) -> int:
@@ -186,13 +191,21 @@ def measure_memory(backend: str, case: str, quick: bool) -> dict[str, Any]:
             seconds = time.perf_counter() - start
     finally:
         ex.shutdown()
-    return {"backend": backend, "case": case, "n": n, "consumed": consumed,
-            "stopped_early": consumed < n, "baseline_mb": sampler.baseline / MiB,
-            "peak_mb": sampler.peak / MiB, "sampled_peak_mb": sampler.sampled / MiB,
-            "kernel_peak": sampler.kernel,
-            "growth_mb": (sampler.peak - sampler.baseline) / MiB, "seconds": seconds,
-            "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
-            "workers": ex.workers}
+    return {
+        "backend": backend,
+        "case": case,
+        "n": n,
+        "consumed": consumed,
+        "stopped_early": consumed < n,
+        "baseline_mb": sampler.baseline / MiB,
+        "peak_mb": sampler.peak / MiB,
+        "sampled_peak_mb": sampler.sampled / MiB,
+        "kernel_peak": sampler.kernel,
+        "growth_mb": (sampler.peak - sampler.baseline) / MiB,
+        "seconds": seconds,
+        "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
+        "workers": ex.workers,
+    }
 
 
 RAW_WINDOW = 12  # batches in flight in the raw Ray reference: 2 x workers
@@ -207,8 +220,13 @@ def _measure_raw_ray(case: str, n: int) -> dict[str, Any]:
 
     from .streaming_tasks import ray_lens, ray_make
 
-    ray.init(address="local", num_cpus=MEMORY_WORKERS, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=MEMORY_WORKERS,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         lens, make = ray.remote(ray_lens), ray.remote(ray_make)
         ray.get([lens.remote([b"x"]) for _ in range(2 * MEMORY_WORKERS)])
@@ -220,13 +238,21 @@ def _measure_raw_ray(case: str, n: int) -> dict[str, Any]:
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()
-    return {"backend": "raw-ray", "case": case, "n": n, "consumed": consumed,
-            "stopped_early": consumed < n, "baseline_mb": sampler.baseline / MiB,
-            "peak_mb": sampler.peak / MiB, "sampled_peak_mb": sampler.sampled / MiB,
-            "kernel_peak": sampler.kernel,
-            "growth_mb": (sampler.peak - sampler.baseline) / MiB, "seconds": seconds,
-            "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
-            "workers": MEMORY_WORKERS}
+    return {
+        "backend": "raw-ray",
+        "case": case,
+        "n": n,
+        "consumed": consumed,
+        "stopped_early": consumed < n,
+        "baseline_mb": sampler.baseline / MiB,
+        "peak_mb": sampler.peak / MiB,
+        "sampled_peak_mb": sampler.sampled / MiB,
+        "kernel_peak": sampler.kernel,
+        "growth_mb": (sampler.peak - sampler.baseline) / MiB,
+        "seconds": seconds,
+        "shared_growth_mb": (sampler.shared_peak - sampler.shared_base) / MiB,
+        "workers": MEMORY_WORKERS,
+    }
 
 
 def _raw_stream(case: str, n: int, lens: Any, make: Any, stop: threading.Event) -> int:
@@ -266,8 +292,7 @@ def first_results(ex: Any, repeats: int = FIRST_REPEATS) -> dict[str, Any]:
         results.close()
         if got != list(range(1, FIRST_COUNT + 1)):
             raise AssertionError(f"wrong first results: {got}")
-    return {"samples_ms": samples, "median_ms": statistics.median(samples),
-            "max_ms": max(samples)}
+    return {"samples_ms": samples, "median_ms": statistics.median(samples), "max_ms": max(samples)}
 
 
 def _pipeline(ex: Any, cell: Cell) -> Callable[[], float]:
@@ -311,8 +336,12 @@ def run_cells(ex: Any, cells: list[Cell]) -> list[dict[str, Any]]:
     hung = False
     for cell in cells:
         limit = cell.bound(ex.workers)
-        entry: dict[str, Any] = {"label": cell.label, "workers": cell.workers,
-                                 "slots": ex.workers, "bound": limit}
+        entry: dict[str, Any] = {
+            "label": cell.label,
+            "workers": cell.workers,
+            "slots": ex.workers,
+            "bound": limit,
+        }
         if hung:
             entry["error"] = "not run: an earlier cell hung"
         else:
@@ -338,8 +367,14 @@ def measure_pipeline(backend: str, workers: int, quick: bool) -> dict[str, Any]:
         cells = run_cells(ex, cells_for(backend, workers, quick))
     finally:
         ex.shutdown()
-    return {"backend": backend, "workers": workers, "slots": ex.workers, "warm_s": warm_s,
-            "first": first, "cells": cells}
+    return {
+        "backend": backend,
+        "workers": workers,
+        "slots": ex.workers,
+        "warm_s": warm_s,
+        "first": first,
+        "cells": cells,
+    }
 
 
 def main() -> None:

@@ -77,8 +77,9 @@ class Cell:
 
     def bound(self, slots: int | None = None) -> float:
         """The lower bound with ``slots`` task slots (default: the cell's W)."""
-        return bound(self.stages, self.items, slots or self.workers,
-                     cores() if self.kind == "cpu" else None)
+        return bound(
+            self.stages, self.items, slots or self.workers, cores() if self.kind == "cpu" else None
+        )
 
     @property
     def label(self) -> str:
@@ -87,15 +88,21 @@ class Cell:
 
     def values(self) -> tuple[object, ...]:
         """The cell's value on each axis (for the covering)."""
-        return (self.workers, *(w for _, w in self.stages), *(t for t, _ in self.stages),
-                self.kind, self.items)
+        return (
+            self.workers,
+            *(w for _, w in self.stages),
+            *(t for t, _ in self.stages),
+            self.kind,
+            self.items,
+        )
 
 
 AXES = ("W", "w1", "w2", "w3", "t1", "t2", "t3", "kind", "items")
 
 
-def bound(stages: Sequence[tuple[float, int | None]], items: int, slots: int,
-          cpu_cores: int | None = None) -> float:
+def bound(
+    stages: Sequence[tuple[float, int | None]], items: int, slots: int, cpu_cores: int | None = None
+) -> float:
     """The lower bound on the wall time (module doc); ``cpu_cores`` for CPU-bound work."""
     usable = slots if cpu_cores is None else min(slots, cpu_cores)
     limits = [min(w or slots, usable) for _, w in stages]
@@ -106,15 +113,19 @@ def bound(stages: Sequence[tuple[float, int | None]], items: int, slots: int,
         for chosen in itertools.combinations(range(n), size):
             rate = min(usable, sum(limits[s] for s in chosen))
             work = items * sum(times[s] for s in chosen) / rate
-            best = max(best, work + sum(times[:chosen[0]]) + sum(times[chosen[-1] + 1:]))
+            best = max(best, work + sum(times[: chosen[0]]) + sum(times[chosen[-1] + 1 :]))
     return best
 
 
 def _all_cells() -> list[Cell]:
     cells = []
     for w, ws, ts, kind, items in itertools.product(
-            WORKERS, itertools.product(STAGE_WORKERS, repeat=3),
-            itertools.product(TIMES, repeat=3), KINDS, ITEMS):
+        WORKERS,
+        itertools.product(STAGE_WORKERS, repeat=3),
+        itertools.product(TIMES, repeat=3),
+        KINDS,
+        ITEMS,
+    ):
         cells.append(Cell(w, tuple(zip(ts, ws, strict=True)), kind, items))
     return cells
 
@@ -141,8 +152,9 @@ def _singles(cell: Cell) -> frozenset[tuple[int, object]]:
     return frozenset(enumerate(cell.values()))
 
 
-def _greedy(candidates: list[Cell], keys: dict[Cell, frozenset[object]],
-            limit: dict[Cell, float]) -> list[Cell]:
+def _greedy(
+    candidates: list[Cell], keys: dict[Cell, frozenset[object]], limit: dict[Cell, float]
+) -> list[Cell]:
     wanted: set[object] = set().union(*keys.values()) if keys else set()
     chosen: list[Cell] = []
     while wanted:

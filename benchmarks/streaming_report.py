@@ -30,8 +30,12 @@ def _status(section: Section, row: Row) -> str:
 def _table(header: list[str], lines: list[list[str]], left: int = 1) -> None:
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     for cells in [header, *lines]:
-        print("  ".join(cell.ljust(w) if i < left else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(w) if i < left else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
 
 
 def print_memory(section: Section) -> None:
@@ -44,8 +48,7 @@ def print_memory(section: Section) -> None:
     for backend in backends:
         cells = [backend]
         for case in cases:
-            row = section.row(f"{'raw Ray' if backend == 'raw-ray' else 'ours ' + backend}: "
-                              f"{case}")
+            row = section.row(f"{'raw Ray' if backend == 'raw-ray' else 'ours ' + backend}: {case}")
             if row is None or row.value is None:
                 cells.append("FAILED" if row is not None else "-")
                 continue
@@ -81,17 +84,24 @@ def _shape(label: str) -> str:
 def print_grid(section: Section) -> None:
     """cell x backend: wall/bound and PASS/MISS; a line of totals per backend."""
     cells: list[dict[str, Any]] = section.extra.get("cells", [])
-    present = [b for b in BACKENDS if any(r.contender.startswith(f"ours {b}: ")
-                                          for r in section.rows)]
-    serial_rows = {_shape(r.contender.split(": ", 1)[1]): r for r in section.rows
-                   if r.contender.startswith("ours serial: ")}
+    present = [
+        b for b in BACKENDS if any(r.contender.startswith(f"ours {b}: ") for r in section.rows)
+    ]
+    serial_rows = {
+        _shape(r.contender.split(": ", 1)[1]): r
+        for r in section.rows
+        if r.contender.startswith("ours serial: ")
+    }
     lines = []
     for cell in cells:
         label = cell["label"]
         line = [label, _num(cell["bound"]), _num(cell["serial_bound"])]
         for backend in present:
-            row = (serial_rows.get(_shape(label)) if backend == "serial"
-                   else section.row(f"ours {backend}: {label}"))
+            row = (
+                serial_rows.get(_shape(label))
+                if backend == "serial"
+                else section.row(f"ours {backend}: {label}")
+            )
             if row is None:
                 line.append("skip" if backend == "serial" else "-")
             elif row.value is None:
@@ -104,8 +114,11 @@ def print_grid(section: Section) -> None:
         mine = [r for r in section.rows if r.contender.startswith(f"ours {backend}: ")]
         values = [r.value for r in mine if r.value is not None]
         passed = sum(_status(section, r) == "PASS" for r in mine)
-        totals.append(f"{passed}/{len(mine)}, {statistics.median(values):.2f}, "
-                      f"{max(values):.2f}" if values else f"0/{len(mine)}")
+        totals.append(
+            f"{passed}/{len(mine)}, {statistics.median(values):.2f}, {max(values):.2f}"
+            if values
+            else f"0/{len(mine)}"
+        )
     print(f"\n== {section.title} ==")
     _table(["cell", "bound s", "serial s", *present], [*lines, totals])
     for row in section.rows:
@@ -113,8 +126,10 @@ def print_grid(section: Section) -> None:
             print(f"   {row.contender}: failed: {row.error}")
     for note in section.notes:
         print(f"   {note}")
-    print("   skip: serial bound over the limit; serial runs each shape once (W does not "
-          "matter there), shown on both W rows")
+    print(
+        "   skip: serial bound over the limit; serial runs each shape once (W does not "
+        "matter there), shown on both W rows"
+    )
     sys.stdout.flush()
 
 

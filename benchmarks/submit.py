@@ -54,32 +54,50 @@ def _pairs(engines: Engines) -> list[_Pair]:
     pairs = []
     if engines.has("local"):
         loky, ex = engines.loky, engines.ours["local"]
-        pairs.append(_Pair(
-            "local", ("raw loky: submit+result", "raw loky: batch, [f.result() ...]"),
-            lambda i: loky.submit(inc, i).result(), lambda i: ex.submit(inc, i).result(),
-            lambda k: [f.result() for f in [loky.submit(inc, i) for i in range(k)]],
-            lambda k: ex.gather([ex.submit(inc, i) for i in range(k)])))
+        pairs.append(
+            _Pair(
+                "local",
+                ("raw loky: submit+result", "raw loky: batch, [f.result() ...]"),
+                lambda i: loky.submit(inc, i).result(),
+                lambda i: ex.submit(inc, i).result(),
+                lambda k: [f.result() for f in [loky.submit(inc, i) for i in range(k)]],
+                lambda k: ex.gather([ex.submit(inc, i) for i in range(k)]),
+            )
+        )
     if engines.has("dask"):
         client, dx = engines.client, engines.ours["dask"]
-        pairs.append(_Pair(
-            "dask", ("raw dask: client.submit+result", "raw dask: batch, client.gather"),
-            lambda i: client.submit(inc, i, pure=False).result(),
-            lambda i: dx.submit(inc, i).result(),
-            lambda k: client.gather([client.submit(inc, i, pure=False) for i in range(k)]),
-            lambda k: dx.gather([dx.submit(inc, i) for i in range(k)])))
+        pairs.append(
+            _Pair(
+                "dask",
+                ("raw dask: client.submit+result", "raw dask: batch, client.gather"),
+                lambda i: client.submit(inc, i, pure=False).result(),
+                lambda i: dx.submit(inc, i).result(),
+                lambda k: client.gather([client.submit(inc, i, pure=False) for i in range(k)]),
+                lambda k: dx.gather([dx.submit(inc, i) for i in range(k)]),
+            )
+        )
     if engines.has("ray"):
         ray, remote, rx = engines.ray, engines.ray_inc, engines.ours["ray"]
-        pairs.append(_Pair(
-            "ray", ("raw ray: ray.get(f.remote)", "raw ray: batch, ray.get(list)"),
-            lambda i: ray.get(remote.remote(i)), lambda i: rx.submit(inc, i).result(),
-            lambda k: ray.get([remote.remote(i) for i in range(k)]),
-            lambda k: rx.gather([rx.submit(inc, i) for i in range(k)])))
+        pairs.append(
+            _Pair(
+                "ray",
+                ("raw ray: ray.get(f.remote)", "raw ray: batch, ray.get(list)"),
+                lambda i: ray.get(remote.remote(i)),
+                lambda i: rx.submit(inc, i).result(),
+                lambda k: ray.get([remote.remote(i) for i in range(k)]),
+                lambda k: rx.gather([rx.submit(inc, i) for i in range(k)]),
+            )
+        )
     return pairs
 
 
 def run(engines: Engines, n: int, batch: int, repeats: int, budget: float) -> Section:
-    section = Section("submit", "submit+result per task: ours vs the raw engine (same engine)",
-                      "µs/task", columns=["ours/raw"])
+    section = Section(
+        "submit",
+        "submit+result per task: ours vs the raw engine (same engine)",
+        "µs/task",
+        columns=["ours/raw"],
+    )
     contenders: dict[str, Callable[[], float]] = {}
     plan: list[tuple[str, str, int, str]] = []  # (ours, raw, n, note)
     for pair in _pairs(engines):
@@ -91,8 +109,9 @@ def run(engines: Engines, n: int, batch: int, repeats: int, budget: float) -> Se
             log(f"submit: raw {pair.engine} failed, skipped: {exc}")
             continue
         for raw_name, raw_call, ours_call, size, wrap in (
-                (pair.raw[0], pair.raw_one, pair.ours_one, n_one, _loop),
-                (pair.raw[1], pair.raw_batch, pair.ours_batch, n_many, _batch)):
+            (pair.raw[0], pair.raw_one, pair.ours_one, n_one, _loop),
+            (pair.raw[1], pair.raw_batch, pair.ours_batch, n_many, _batch),
+        ):
             single = wrap is _loop
             how = "submit+result" if single else "batch, ex.gather"
             ours_name = f"ours {pair.engine}: {how}"

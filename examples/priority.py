@@ -41,8 +41,10 @@ def main() -> None:
     waiting = [started for _, started in results if started > submitted + MARGIN]
     print(f"urgent task: {answer}")
     print(f"batch: {len(results)} tasks, sum of squares {sum(value for value, _ in results)}")
-    print("the urgent task started before every batch task still waiting:",
-          all(urgent_started <= started for started in waiting))
+    print(
+        "the urgent task started before every batch task still waiting:",
+        all(urgent_started <= started for started in waiting),
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def simulate(seed: int, calls: str) -> tuple[int, int]:
 
 def run(journal: str, calls: str, kill_after: int | None = None) -> list[tuple[int, int]]:
     results = []
-    for i, result in enumerate(ua.map(simulate, SEEDS, itertools.repeat(calls),
-                                      checkpoint=journal)):
+    for i, result in enumerate(
+        ua.map(simulate, SEEDS, itertools.repeat(calls), checkpoint=journal)
+    ):
         results.append(result)
         if i + 1 == kill_after:
             time.sleep(1.0)  # the journal commits at least every 0.25 s
@@ -55,8 +56,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         journal, calls = os.path.join(folder, "simulate.journal"), os.path.join(folder, "calls")
         os.mkdir(calls)
-        child = subprocess.Popen([sys.executable, __file__, "--killed-run", journal, calls],
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--killed-run", journal, calls], start_new_session=True
+        )
         child.wait()
         try:  # what the killed program had started goes with it, as with a lost machine
             os.killpg(child.pid, signal.SIGKILL)
@@ -68,9 +70,12 @@ def main() -> None:
         results = run(journal, calls)
         after = calls_made(calls)
         again = [after[seed] - before.get(seed, 0) for seed in after]
-        print("rerun ran each missing seed once, and no recorded one:",
-              set(after) == {str(s) for s in SEEDS} and all(n in (0, 1) for n in again)
-              and sum(again) < len(SEEDS))
+        print(
+            "rerun ran each missing seed once, and no recorded one:",
+            set(after) == {str(s) for s in SEEDS}
+            and all(n in (0, 1) for n in again)
+            and sum(again) < len(SEEDS),
+        )
         expected = [simulate(seed, folder) for seed in SEEDS]  # the plain-Python answer
         print("results as an uninterrupted run, in order:", results == expected)
         print("first results:", results[:4])

@@ -18,8 +18,9 @@ SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "an", "
 def corpus(lines: int, seed: int = 2024):
     """Lines of words from a seeded random vocabulary: Zipf-like, so some words are frequent."""
     rng = random.Random(seed)
-    vocabulary = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
-                  for _ in range(3000)]
+    vocabulary = [
+        "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(3000)
+    ]
     weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
     for _ in range(lines):
         yield " ".join(rng.choices(vocabulary, weights, k=rng.randint(5, 15)))
@@ -40,12 +41,20 @@ def main() -> None:
 
     # range partitions: words before "k", before "s", and the rest
     by_range = ua.reduce_by_key(operator.add, word_pairs(corpus(20_000)), partition=["k", "s"])
-    print("range partitions give the same counts:", by_range == by_hash,
-          "in the same order:", list(by_range) == list(by_hash))
+    print(
+        "range partitions give the same counts:",
+        by_range == by_hash,
+        "in the same order:",
+        list(by_range) == list(by_hash),
+    )
 
     # the first letter of each word, counted with the user's own partition function
-    letters = ua.reduce_by_key(operator.add, ((word[0], n) for word, n in by_hash.items()),
-                               partition=lambda letter: ord(letter) % 4, partitions=4)
+    letters = ua.reduce_by_key(
+        operator.add,
+        ((word[0], n) for word, n in by_hash.items()),
+        partition=lambda letter: ord(letter) % 4,
+        partitions=4,
+    )
     print("by first letter:", " ".join(f"{k}={v}" for k, v in sorted(letters.items())))
 
 

@@ -153,8 +153,9 @@ def test_put_object_the_workers_cannot_import(ua_backend, private_module):
     if ua_backend.backend == "serial":
         assert error is None
         return
-    assert_names_the_module(error, private_module, "put" if ua_backend.backend == "dask"
-                            else "unbox")
+    assert_names_the_module(
+        error, private_module, "put" if ua_backend.backend == "dask" else "unbox"
+    )
     assert ua.submit(square, 4).result() == 16
 
 
@@ -186,8 +187,9 @@ IMPOSSIBLE = [
 
 
 @pytest.mark.parametrize(("options", "named"), IMPOSSIBLE)
-def test_resource_request_no_worker_can_satisfy_is_refused_at_submit(ua_backend, tmp_path,
-                                                                     options, named):
+def test_resource_request_no_worker_can_satisfy_is_refused_at_submit(
+    ua_backend, tmp_path, options, named
+):
     counter = tmp_path / "ran"
     started = time.monotonic()
     with pytest.raises(ua.errors.UnsupportedOptionError) as info:
@@ -214,8 +216,9 @@ def test_resource_request_refused_before_any_task_starts(ua_backend, tmp_path, o
     assert ua.reduce(operator.add, range(10)) == 45
 
 
-@pytest.mark.ua_exclude("serial", "local",
-                        reason="serial and local schedule no resources (their refusal says so)")
+@pytest.mark.ua_exclude(
+    "serial", "local", reason="serial and local schedule no resources (their refusal says so)"
+)
 def test_refusal_names_what_the_cluster_offers(ua_backend):
     backend = ua_backend.backend
     with pytest.raises(ua.errors.UnsupportedOptionError) as info:
@@ -261,8 +264,9 @@ def test_missing_engine_package_names_the_extra(backend, engine):
         else:
             print("no error")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert f'pip install "unidist-api[{backend}]"' in done.stdout, done.stdout
 
@@ -310,8 +314,11 @@ sys.stdin.read()  # until the test closes our stdin
 
 
 def _probe_addresses(backend: str, *other: str) -> list[dict]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("UNIDIST_API_", "RAY_ADDRESS", "DASK_SCHEDULER"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("UNIDIST_API_", "RAY_ADDRESS", "DASK_SCHEDULER"))
+    }
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     args = [sys.executable, "-c", ADDRESS_PROBE, backend, str(CONNECT_TIMEOUT), *other]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
@@ -331,10 +338,15 @@ def _check_refused(outcomes: list[dict], count: int) -> None:
 
 def test_wrong_dask_addresses_fail_within_the_connect_timeout(tmp_path):
     # a real Ray head's GCS address, given to dask
-    head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [sys.executable, "-c", RAY_HEAD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+        start_new_session=True,
+    )
     try:
         assert head.stdout is not None
         gcs = head.stdout.readline().strip()
@@ -370,9 +382,14 @@ with LocalCluster(n_workers=0, dashboard_address=None, host="127.0.0.1") as clus
 
 
 def test_wrong_ray_addresses_fail_within_the_connect_timeout():
-    scheduler = subprocess.Popen([sys.executable, "-c", DASK_SCHEDULER], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                 start_new_session=True)
+    scheduler = subprocess.Popen(
+        [sys.executable, "-c", DASK_SCHEDULER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert scheduler.stdout is not None
         address = scheduler.stdout.readline().strip()
@@ -389,11 +406,16 @@ def test_dask_cluster_resources_are_checked_against_its_workers():
     """On a running cluster: what its workers declare, looked up again after a refusal."""
     import distributed
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  protocol="tcp://", host="127.0.0.1", dashboard_address=None,
-                                  resources={"special": 1},
-                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}
-                                  ) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=None,
+        resources={"special": 1},
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
         executor = ua.Executor("dask", address=cluster.scheduler_address)
         late = None
         try:
@@ -405,10 +427,22 @@ def test_dask_cluster_resources_are_checked_against_its_workers():
                 executor.submit(wants_late, 4)
             # a worker that has it joins: a later request is accepted (no restart needed)
             late = subprocess.Popen(
-                [str(Path(sys.executable).parent / "dask"), "worker", cluster.scheduler_address,
-                 "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard", "--resources",
-                 "late=1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    str(Path(sys.executable).parent / "dask"),
+                    "worker",
+                    cluster.scheduler_address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--resources",
+                    "late=1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             deadline = time.monotonic() + 120
             while True:
                 try:

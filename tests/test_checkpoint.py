@@ -67,14 +67,15 @@ def recorded(journal: Path) -> int:
     settle()
     with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
         count: int = db.execute(
-            "SELECT (SELECT count(*) FROM results) + "
-            "(SELECT coalesce(sum(count), 0) FROM batches)").fetchone()[0]
+            "SELECT (SELECT count(*) FROM results) + (SELECT coalesce(sum(count), 0) FROM batches)"
+        ).fetchone()[0]
     db.close()
     return count
 
 
-def ran_once_where_missing(before: dict[str, int], after: dict[str, int], held: int,
-                           yielded: int, total: int) -> None:
+def ran_once_where_missing(
+    before: dict[str, int], after: dict[str, int], held: int, yielded: int, total: int
+) -> None:
     """The rerun ran each item the journal lacked once, and nothing else: the ``yielded``
     first items (surely recorded) not at all, none twice, ``total - held`` in all."""
     ran_again = {int(x): after[x] - before.get(x, 0) for x in after}
@@ -88,8 +89,9 @@ def plus_one(x: int) -> int:
     return x + 1
 
 
-def test_a_map_rerun_runs_only_the_items_the_journal_lacks(ua_backend: ua.Executor,
-                                                            tmp_path: Path) -> None:
+def test_a_map_rerun_runs_only_the_items_the_journal_lacks(
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     folder = tmp_path / "calls"
     folder.mkdir()
     fn, journal, items = Counted(folder), tmp_path / "journal", range(60)
@@ -108,8 +110,9 @@ def test_a_map_rerun_runs_only_the_items_the_journal_lacks(ua_backend: ua.Execut
     assert calls(folder) == after
 
 
-def test_a_pipeline_rerun_runs_only_the_items_the_journal_lacks(ua_backend: ua.Executor,
-                                                                 tmp_path: Path) -> None:
+def test_a_pipeline_rerun_runs_only_the_items_the_journal_lacks(
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     folder = tmp_path / "calls"
     folder.mkdir()
     pipeline = ua_backend.pipeline(Counted(folder), ua.stage(plus_one, workers=1))
@@ -125,8 +128,9 @@ def test_a_pipeline_rerun_runs_only_the_items_the_journal_lacks(ua_backend: ua.E
     ran_once_where_missing(before, calls(folder), held, 20, 50)
 
 
-def test_a_rerun_with_new_items_interleaved_runs_only_those(ua_backend: ua.Executor,
-                                                             tmp_path: Path) -> None:
+def test_a_rerun_with_new_items_interleaved_runs_only_those(
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     folder = tmp_path / "calls"
     folder.mkdir()
     fn, journal = Counted(folder), tmp_path / "journal"
@@ -135,17 +139,18 @@ def test_a_rerun_with_new_items_interleaved_runs_only_those(ua_backend: ua.Execu
     before = calls(folder)
     everything = list(range(80))
     assert list(ua_backend.map(fn, everything, checkpoint=journal)) == [
-        3 * x + 1 for x in everything]
+        3 * x + 1 for x in everything
+    ]
     after = calls(folder)
-    assert {int(x): after[x] - before.get(x, 0) for x in after} == {
-        x: x % 2 for x in everything}
+    assert {int(x): after[x] - before.get(x, 0) for x in after} == {x: x % 2 for x in everything}
     unordered = ua_backend.map(fn, everything, ordered=False, checkpoint=journal)
     assert sorted(unordered) == [3 * x + 1 for x in everything]
     assert calls(folder) == after
 
 
-def test_a_failed_item_is_not_recorded_and_runs_again(ua_backend: ua.Executor,
-                                                      tmp_path: Path) -> None:
+def test_a_failed_item_is_not_recorded_and_runs_again(
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     folder = tmp_path / "calls"
     folder.mkdir()
     (tmp_path / "failing").touch()
@@ -157,8 +162,7 @@ def test_a_failed_item_is_not_recorded_and_runs_again(ua_backend: ua.Executor,
     assert results == [3 * x + 1 for x in range(7)]
     (tmp_path / "failing").unlink()
     before = settled_calls(folder)
-    assert list(ua_backend.map(fn, range(12), checkpoint=journal)) == [
-        3 * x + 1 for x in range(12)]
+    assert list(ua_backend.map(fn, range(12), checkpoint=journal)) == [3 * x + 1 for x in range(12)]
     after = calls(folder)
     ran_again = {int(x): after[x] - before.get(x, 0) for x in after}
     assert all(ran_again[x] == 0 for x in range(7))
@@ -174,7 +178,8 @@ def reads_a_global(x: int, folder: str) -> int:
 
 
 def test_a_changed_function_or_global_is_recomputed_never_served_stale(
-        ua_backend: ua.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ua_backend: ua.Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     journal, folder = tmp_path / "journal", tmp_path / "calls"
     folder.mkdir()
     inputs = (range(5), [str(folder)] * 5)
@@ -192,18 +197,21 @@ def test_a_changed_function_or_global_is_recomputed_never_served_stale(
         exec(f"def scale(x):\n    return {body}\n", edited)
         factor = int(body[-1])
         assert list(ua_backend.map(edited["scale"], range(4), checkpoint=journal)) == [
-            factor * x for x in range(4)]
+            factor * x for x in range(4)
+        ]
 
     def closes_over(k: int):  # noqa: ANN202
         return lambda x: x + k
 
     for k in (100, 200):
         assert list(ua_backend.map(closes_over(k), range(3), checkpoint=journal)) == [
-            x + k for x in range(3)]
+            x + k for x in range(3)
+        ]
 
 
 def test_a_journal_in_use_by_another_map_is_refused_then_free_again(
-        ua_backend: ua.Executor, tmp_path: Path) -> None:
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     journal = tmp_path / "journal"
     running = ua_backend.map(plus_one, range(10), checkpoint=journal)
     with pytest.raises(JournalInUseError, match="in use by another running map"):
@@ -216,14 +224,22 @@ def test_a_journal_in_use_by_another_map_is_refused_then_free_again(
 def test_a_journal_held_by_another_process_is_refused(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             import unidist_api as ua
             with ua.use("serial"):
                 it = ua.map(abs, range(5), checkpoint={str(journal)!r})
                 print("holding", flush=True)
                 sys.stdin.readline()
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         with ua.use("serial"), pytest.raises(JournalInUseError, match=str(journal)):
@@ -240,7 +256,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("kind", ["text", "sqlite", "corrupt", "directory"])
 def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(
-        ua_backend: ua.Executor, tmp_path: Path, kind: str) -> None:
+    ua_backend: ua.Executor, tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / "data"
     if kind == "text":
         path.write_text("precious notes\n")
@@ -263,8 +280,9 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(
     assert list(ua_backend.map(plus_one, range(3))) == [1, 2, 3]
 
 
-def test_bad_checkpoint_values_are_refused_at_the_call(ua_backend: ua.Executor,
-                                                       tmp_path: Path) -> None:
+def test_bad_checkpoint_values_are_refused_at_the_call(
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     with pytest.raises(TypeError, match="checkpoint must be a file path"):
         ua_backend.map(plus_one, range(3), checkpoint=3)  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match="cannot open"):
@@ -296,7 +314,8 @@ KILLED = textwrap.dedent("""
 
 
 def test_a_map_whose_driver_is_killed_resumes_and_runs_each_missing_item_once(
-        ua_backend: ua.Executor, tmp_path: Path) -> None:
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     folder = tmp_path / "calls"
     folder.mkdir()
     script = tmp_path / "killed.py"
@@ -307,8 +326,13 @@ def test_a_map_whose_driver_is_killed_resumes_and_runs_each_missing_item_once(
     def run(kill_after: int) -> subprocess.CompletedProcess[str]:
         process = subprocess.Popen(
             [sys.executable, str(script), str(folder), str(journal), str(kill_after)],
-            env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            env=env,
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             out, err = process.communicate(timeout=240)
         finally:
@@ -342,8 +366,9 @@ def test_checkpoint_info_prints_what_a_journal_holds(tmp_path: Path) -> None:
     assert "map plus_one: 7 item(s) recorded" in shown.stdout
     assert "pipeline plus_one -> abs: 3 item(s) recorded" in shown.stdout
     (tmp_path / "notes").write_text("hello")
-    refused = subprocess.run([*cli, str(tmp_path / "notes")], capture_output=True, text=True,
-                             timeout=60)
+    refused = subprocess.run(
+        [*cli, str(tmp_path / "notes")], capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2
     assert "not a unidist-api journal" in refused.stderr
 

@@ -37,8 +37,9 @@ def _start(args: list[str], log: Path, **env_extra: str) -> subprocess.Popen[byt
     """A process in its own process group, so teardown reaches all it spawns."""
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **env_extra)
     with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -62,11 +63,16 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _run_cli(*args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("UNIDIST_API_", "RAY_AUTH_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIDIST_API_", "RAY_AUTH_"))}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "unidist_api", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "unidist_api", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +87,9 @@ def _wait_for(check: str, timeout: float, **env_extra: str) -> None:
     deadline = time.monotonic() + timeout
     env = dict(os.environ, **env_extra)
     while True:
-        probe = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                               timeout=timeout, env=env)
+        probe = subprocess.run(
+            [sys.executable, "-c", check], capture_output=True, text=True, timeout=timeout, env=env
+        )
         if probe.returncode == 0:
             return
         if time.monotonic() > deadline:
@@ -104,13 +111,39 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("dask-cluster")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    processes = [_start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                         str(port), "--no-dashboard"], logs / "scheduler.log")]
+    processes = [
+        _start(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            logs / "scheduler.log",
+        )
+    ]
     try:
         for number in range(2):
-            processes.append(_start(
-                [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                 "--no-dashboard", "--name", f"worker-{number}"], logs / f"worker-{number}.log"))
+            processes.append(
+                _start(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        f"worker-{number}",
+                    ],
+                    logs / f"worker-{number}.log",
+                )
+            )
         _wait_for(DASK_PROBE.format(address=address), START_TIMEOUT)
         yield address
     finally:
@@ -148,33 +181,67 @@ def ray_token(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory, ray_token: dict[str, str]
-                ) -> Iterator[str]:
+def ray_cluster(
+    tmp_path_factory: pytest.TempPathFactory, ray_token: dict[str, str]
+) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("ray-cluster")
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--num-cpus", "1", "--disable-usage-stats"]
-    processes = [_start([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-                         "--port", str(port), "--include-dashboard", "false", *common],
-                        logs / "head.log", **ray_token)]
+    processes = [
+        _start(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--include-dashboard",
+                "false",
+                *common,
+            ],
+            logs / "head.log",
+            **ray_token,
+        )
+    ]
     try:
         probe = RAY_PROBE.replace(">= 2", ">= 1").format(address=address)
         _wait_for(probe, START_TIMEOUT, **ray_token)
-        processes.append(_start([str(BIN / "ray"), "start", "--address", address,
-                                 "--node-ip-address", "127.0.0.1", *common], logs / "node.log",
-                                **ray_token))
+        processes.append(
+            _start(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--address",
+                    address,
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    *common,
+                ],
+                logs / "node.log",
+                **ray_token,
+            )
+        )
         _wait_for(RAY_PROBE.format(address=address), START_TIMEOUT, **ray_token)
         yield address
     finally:
         _stop(processes)
 
 
-def test_program_on_a_ray_cluster_prints_what_serial_prints(ray_cluster, ray_token,
-                                                            serial_output):
+def test_program_on_a_ray_cluster_prints_what_serial_prints(ray_cluster, ray_token, serial_output):
     # only the token's path is given, as a user would: we turn token mode on ourselves
     token_path = ray_token["RAY_AUTH_TOKEN_PATH"]
-    done = _run_cli("run", "--backend", "ray", "--address", ray_cluster, str(QUICKSTART),
-                    RAY_AUTH_TOKEN_PATH=token_path)
+    done = _run_cli(
+        "run",
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster,
+        str(QUICKSTART),
+        RAY_AUTH_TOKEN_PATH=token_path,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == serial_output
     _wait_for(RAY_PROBE.format(address=ray_cluster), 30, **ray_token)  # still up and serving
@@ -188,8 +255,14 @@ def test_ray_cluster_without_a_token_is_a_clear_error(ray_cluster, tmp_path):
 
 
 def test_info_reports_the_ray_cluster(ray_cluster, ray_token):
-    done = _run_cli("info", "--backend", "ray", "--address", ray_cluster,
-                    RAY_AUTH_TOKEN_PATH=ray_token["RAY_AUTH_TOKEN_PATH"])
+    done = _run_cli(
+        "info",
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster,
+        RAY_AUTH_TOKEN_PATH=ray_token["RAY_AUTH_TOKEN_PATH"],
+    )
     assert done.returncode == 0, done.stderr
     assert ray_cluster in done.stdout
 

@@ -78,8 +78,9 @@ def test_large_pickled_arguments_are_a_frame_of_their_own():
     assert dask_data.for_graph(payload[:100]) == payload[:100]  # small ones stay bytes
     _, frames = serialize(wire, on_error="raise", serializers=["pickle"])
     assert len(frames) == 2 and len(frames[0]) < 1000
-    assert np.shares_memory(np.frombuffer(frames[1], dtype=np.uint8),
-                            np.frombuffer(payload, dtype=np.uint8))
+    assert np.shares_memory(
+        np.frombuffer(frames[1], dtype=np.uint8), np.frombuffer(payload, dtype=np.uint8)
+    )
     back = deserialize(*serialize(wire, on_error="raise", serializers=["pickle"]))
     assert bytes(back.data) == payload
 
@@ -207,8 +208,11 @@ def test_a_value_passed_task_to_task_stays_packed_on_the_workers(ua_backend):
     assert second.result() == float(make(4 * BIG, 3.0).sum())
     key = first.handle.key
     client = first.handle.client
-    kinds = client.run(lambda dask_worker: type(dask_worker.data[key]).__name__
-                       if key in dask_worker.data else None)
+    kinds = client.run(
+        lambda dask_worker: (
+            type(dask_worker.data[key]).__name__ if key in dask_worker.data else None
+        )
+    )
     assert "DaskPacked" in kinds.values()
 
 

@@ -227,8 +227,11 @@ def test_small_input_future_is_the_tasks_own_copy(ua_backend):
 def test_input_future_inside_a_container(ua_backend, ua_serial):
     futures = [ua_backend.submit(make, 2 * BIG), ua_backend.submit(make, SMALL)]
     seen = ua_backend.submit(inspect_nested, {"arrays": futures}).result()
-    assert seen == ua_serial.submit(inspect_nested, {"arrays": [make(2 * BIG), make(SMALL)]}
-                                    ).result() == [False, True]
+    assert (
+        seen
+        == ua_serial.submit(inspect_nested, {"arrays": [make(2 * BIG), make(SMALL)]}).result()
+        == [False, True]
+    )
 
 
 # --------------------------------------------------------------------------- retries

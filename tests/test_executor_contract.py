@@ -162,8 +162,9 @@ def test_map_iterator_holds_no_result_it_has_yielded(ua_backend):
     assert alive_after_yield(ua_backend) == expected == 0
 
 
-@pytest.mark.ua_exclude("serial", reason="serial runs each task inside submit: nothing is "
-                        "left to cancel")
+@pytest.mark.ua_exclude(
+    "serial", reason="serial runs each task inside submit: nothing is left to cancel"
+)
 def test_map_timeout_cancels_the_call_it_waited_on(ua_backend, tmp_path):
     """CPython gh-95166: the item the iterator timed out on is cancelled, not left to run."""
 
@@ -203,6 +204,7 @@ def fail_first_else_touch(path):
 def test_map_error_cancels_the_calls_not_started(ua_backend, tmp_path):
     """The first error from the iterator cancels the map's calls that have not started:
     far fewer than all of them run, as with the stdlib's map."""
+
     def scenario(executor, paths):
         results = executor.map(fail_first_else_touch, paths, chunksize=1)
         with pytest.raises(ValueError, match="item 0 failed"):
@@ -273,6 +275,7 @@ def wait_for_file(path, limit):
 def test_stdlib_wait_first_exception_sees_a_failure_when_it_happens(ua_backend, tmp_path):
     """The stdlib's own wait(FIRST_EXCEPTION) given our futures returns at the failure,
     not at its timeout, with the failed future done and the running one not."""
+
     def scenario(executor, release):
         serial = executor is ua_backend and ua_backend.backend == "serial"
         bad = executor.submit(fail_soon, 0.2)
@@ -283,8 +286,7 @@ def test_stdlib_wait_first_exception_sees_a_failure_when_it_happens(ua_backend, 
         took = time.monotonic() - start
         open(release, "w").close()
         slow.result(timeout=120)
-        return bad in done, type(bad.exception()), took < 15, slow in (done if serial
-                                                                       else not_done)
+        return bad in done, type(bad.exception()), took < 15, slow in (done if serial else not_done)
 
     with stdlib_pool() as stdlib:
         expected = scenario(stdlib, str(tmp_path / "stdlib"))
@@ -319,6 +321,7 @@ def test_cancelled_futures_are_exactly_the_tasks_that_never_ran(ua_backend, tmp_
     """``cancel()`` and ``shutdown(cancel_futures=True)`` while tasks run and wait: a
     future reported cancelled never ran, every other one ran, and ``cancel()`` answered
     so."""
+
     def scenario(executor, folder):
         os.mkdir(folder)
         paths = [os.path.join(folder, str(i)) for i in range(40)]
@@ -332,8 +335,10 @@ def test_cancelled_futures_are_exactly_the_tasks_that_never_ran(ua_backend, tmp_
             answers = [future.cancelled() for future in futures]
         cancelled = [future.cancelled() for future in futures]
         ran = [os.path.exists(path) for path in paths]
-        exact = all(was_run is not was_cancelled
-                    for was_run, was_cancelled in zip(ran, cancelled, strict=True))
+        exact = all(
+            was_run is not was_cancelled
+            for was_run, was_cancelled in zip(ran, cancelled, strict=True)
+        )
         return answers == cancelled, exact, any(cancelled), any(ran)
 
     expected = scenario(stdlib_pool(), str(tmp_path / "stdlib"))
@@ -419,8 +424,9 @@ def test_an_executor_collected_while_exit_lists_the_executors_does_not_deadlock(
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", COLLECTED_WHILE_LISTED], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTED_WHILE_LISTED], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["listed", "1"]  # the collected one is still waited for
 
@@ -445,8 +451,12 @@ def test_a_map_collected_while_the_runner_lock_is_held_does_not_deadlock():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", MAP_COLLECTED_UNDER_THE_LOCK],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", MAP_COLLECTED_UNDER_THE_LOCK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["done"]
 
@@ -486,9 +496,16 @@ def test_interpreter_exit_waits_for_pending_work(ua_backend, tmp_path, ending):
     for kind in ("stdlib", ua_backend.backend):
         out = tmp_path / kind
         out.mkdir()
-        done = subprocess.run([sys.executable, str(script), str(out), kind, ending],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(script), str(out), kind, ending],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         outcome[kind] = sorted(os.listdir(out))
-    assert outcome[ua_backend.backend] == outcome["stdlib"] == sorted(
-        [f"map-{i}" for i in range(4)] + [f"submit-{i}" for i in range(2)])
+    assert (
+        outcome[ua_backend.backend]
+        == outcome["stdlib"]
+        == sorted([f"map-{i}" for i in range(4)] + [f"submit-{i}" for i in range(2)])
+    )

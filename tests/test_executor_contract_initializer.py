@@ -47,8 +47,12 @@ def square(x):
 
 # --------------------------------------------------------------------------- helpers
 def stdlib_pool(initializer, *initargs):
-    return cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=initializer, initargs=initargs)
+    return cf.ProcessPoolExecutor(
+        2,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=initializer,
+        initargs=initargs,
+    )
 
 
 def our_pool(backend, initializer, *initargs):
@@ -104,7 +108,7 @@ def test_pending_futures_fail_with_broken_executor(ua_backend, tmp_path):
             "all pending failed": all(error is not None for error in errors),
             "all a BrokenExecutor": all(isinstance(e, cf.BrokenExecutor) for e in errors),
             "refused with a BrokenExecutor": refused is None
-                                             or isinstance(refused, cf.BrokenExecutor),
+            or isinstance(refused, cf.BrokenExecutor),
             "types": {type(e) for e in errors},
         }
 
@@ -139,11 +143,13 @@ def test_every_call_after_the_break_raises_at_the_call(ua_backend, tmp_path):
             "map": lambda: executor.map(square, range(3)),  # not iterated: raises itself
         }
         if isinstance(executor, ua.Executor):
-            calls.update({
-                "pipeline": lambda: executor.pipeline(square),
-                "reduce": lambda: executor.reduce(operator.add, range(4)),
-                "put": lambda: executor.put("value"),
-            })
+            calls.update(
+                {
+                    "pipeline": lambda: executor.pipeline(square),
+                    "reduce": lambda: executor.reduce(operator.add, range(4)),
+                    "put": lambda: executor.put("value"),
+                }
+            )
         raised = {}
         for name, call in calls.items():
             try:
@@ -155,14 +161,14 @@ def test_every_call_after_the_break_raises_at_the_call(ua_backend, tmp_path):
     seen = both(ua_backend, tmp_path, scenario)
     (ours, our_errors), (stdlib, _) = seen["ours"], seen["stdlib"]
     assert all(issubclass(kind, cf.BrokenExecutor) for kind in stdlib.values()), stdlib
-    assert {name: issubclass(ours[name], cf.BrokenExecutor) for name in stdlib} == \
-        {name: True for name in stdlib}
+    assert {name: issubclass(ours[name], cf.BrokenExecutor) for name in stdlib} == {
+        name: True for name in stdlib
+    }
     assert set(ours.values()) == {BrokenExecutorError}, ours
     assert set(our_errors) == {"submit", "map", "pipeline", "reduce", "put"}
 
 
-def test_shutdown_after_the_break_works_and_stops_everything(ua_backend, tmp_path,
-                                                              ua_no_leftovers):
+def test_shutdown_after_the_break_works_and_stops_everything(ua_backend, tmp_path, ua_no_leftovers):
     seen = {}
     for label in ("ours", "stdlib"):
         marker_dir = tmp_path / label
@@ -179,8 +185,10 @@ def test_shutdown_after_the_break_works_and_stops_everything(ua_backend, tmp_pat
             after = None
         except Exception as exc:
             after = exc
-        seen[label] = (all(isinstance(e, cf.BrokenExecutor) for e in errors),
-                       isinstance(after, cf.BrokenExecutor))
+        seen[label] = (
+            all(isinstance(e, cf.BrokenExecutor) for e in errors),
+            isinstance(after, cf.BrokenExecutor),
+        )
     assert seen["stdlib"] == (True, True)
     assert seen["ours"] == seen["stdlib"]
     # and ua_no_leftovers fails the test if a process it started outlives it
@@ -196,8 +204,10 @@ def test_a_new_executor_works_after_the_break(ua_backend, tmp_path):
             _, errors, _ = break_it(broken, str(marker_dir))
         assert all(isinstance(e, cf.BrokenExecutor) for e in errors), (label, errors)
         with make(good_init, str(marker_dir)) as fresh:
-            results[label] = (list(fresh.map(square, range(6))),
-                              fresh.submit(square, 7).result(timeout=120))
+            results[label] = (
+                list(fresh.map(square, range(6))),
+                fresh.submit(square, 7).result(timeout=120),
+            )
         assert any(name.startswith("init-") for name in os.listdir(marker_dir)), label
     assert results["ours"] == results["stdlib"]
 
@@ -212,8 +222,9 @@ def test_the_initializer_error_is_the_cause(ua_backend, tmp_path, capfd):
     (ours, _), (stdlib, stdlib_log) = seen["ours"], seen["stdlib"]
     # both are a BrokenExecutor; the stdlib gives the initializer's error only in its log
     assert isinstance(stdlib, cf.BrokenExecutor) and isinstance(ours, cf.BrokenExecutor)
-    assert "Exception in initializer" in stdlib_log and "ValueError: no model for stdlib" \
-        in stdlib_log
+    assert (
+        "Exception in initializer" in stdlib_log and "ValueError: no model for stdlib" in stdlib_log
+    )
     # ours keeps it: __cause__ is the initializer's own exception, with its traceback
     cause = ours.__cause__
     assert isinstance(cause, ValueError), repr(cause)

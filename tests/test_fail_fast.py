@@ -177,22 +177,23 @@ def _check_cancelled(executor: ua.Executor, folder: Path, submitted: int) -> Non
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
-def test_map_cancels_queued_tasks_on_error(ua_backend: ua.Executor, folder: Path,
-                                           ordered: bool) -> None:
+def test_map_cancels_queued_tasks_on_error(
+    ua_backend: ua.Executor, folder: Path, ordered: bool
+) -> None:
     taken: list[int] = []
     fn = functools.partial(fail_first, str(folder))
     buffersize = 8 * ua_backend.workers + 8
     with prompt(), pytest.raises(ValueError):
-        list(ua.map(fn, counted(200, taken), chunksize=1, buffersize=buffersize,
-                    ordered=ordered))
+        list(ua.map(fn, counted(200, taken), chunksize=1, buffersize=buffersize, ordered=ordered))
     assert len(taken) <= buffersize + 1, "map read input beyond its buffer after the error"
     _check_cancelled(ua_backend, folder, len(taken) - 1)
 
 
 @pytest.mark.ua_exclude("serial", reason="serial runs each task in submit: nothing is queued")
 @pytest.mark.parametrize("how", ["close", "break"])
-def test_map_cancels_queued_tasks_on_early_exit(ua_backend: ua.Executor, folder: Path,
-                                                how: str) -> None:
+def test_map_cancels_queued_tasks_on_early_exit(
+    ua_backend: ua.Executor, folder: Path, how: str
+) -> None:
     taken: list[int] = []
     fn = functools.partial(quick_first, str(folder))
     stream = ua.map(fn, counted(200, taken), chunksize=1)

@@ -22,8 +22,14 @@ def pid_and_hash(delay: float, _: int) -> tuple[int, int]:
 
 @pytest.mark.ua_exclude("serial", reason="serial runs every task in the caller's process")
 def test_every_worker_of_an_executor_hashes_a_str_alike(ua_backend):
-    seen = set(ua_backend.map(functools.partial(pid_and_hash, 0.1),
-                              range(4 * ua_backend.workers), chunksize=1, timeout=120))
+    seen = set(
+        ua_backend.map(
+            functools.partial(pid_and_hash, 0.1),
+            range(4 * ua_backend.workers),
+            chunksize=1,
+            timeout=120,
+        )
+    )
     pids = {pid for pid, _ in seen}
     hashes = {value for _, value in seen}
     assert len(pids) >= 2, f"only {len(pids)} worker process(es) ran the items"

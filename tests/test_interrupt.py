@@ -45,15 +45,21 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def _interrupted(backend: str, group: bool) -> tuple[subprocess.CompletedProcess[str], set[int],
-                                                     float]:
+def _interrupted(
+    backend: str, group: bool
+) -> tuple[subprocess.CompletedProcess[str], set[int], float]:
     """Run PROGRAM, SIGINT it while its map runs; its result, worker pids, seconds to exit."""
     env = dict(os.environ, UNIDIST_API_BACKEND=backend)
     if backend == "serial":
         env.pop("UNIDIST_API_WORKERS", None)
-    process = subprocess.Popen([sys.executable, "-c", PROGRAM], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         assert process.stdout is not None
         pids = {int(p) for p in process.stdout.readline().split()}
@@ -75,8 +81,9 @@ def _interrupted(backend: str, group: bool) -> tuple[subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["sigint", "ctrl-c"])
-def test_sigint_stops_a_long_map_and_its_workers(ua_backend: ua.Executor, group: bool,
-                                                  ua_no_leftovers: None) -> None:
+def test_sigint_stops_a_long_map_and_its_workers(
+    ua_backend: ua.Executor, group: bool, ua_no_leftovers: None
+) -> None:
     done, pids, took = _interrupted(ua_backend.backend, group)
     assert done.returncode != 0
     assert "KeyboardInterrupt" in done.stderr, done.stderr
@@ -92,7 +99,8 @@ def test_sigint_stops_a_long_map_and_its_workers(ua_backend: ua.Executor, group:
 
 
 def test_keyboard_interrupt_in_loop_cancels_and_executor_stays_usable(
-        ua_backend: ua.Executor, tmp_path: Path) -> None:
+    ua_backend: ua.Executor, tmp_path: Path
+) -> None:
     fn = functools.partial(quick_first, str(tmp_path))
     taken: list[int] = []
     if ua_backend.backend == "serial":  # its first batches run inside the map's first submit
@@ -181,9 +189,22 @@ LEAKY = textwrap.dedent(
 def _pytest(folder: Path, *args: str, leak: bool = False) -> subprocess.CompletedProcess[str]:
     (folder / "test_leaky.py").write_text(LEAKY.format(flag=leak))
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ua-backends=local",
-         "--ua-check-leftovers", "--ua-leftover-grace=3", *args],
-        cwd=folder, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--ua-backends=local",
+            "--ua-check-leftovers",
+            "--ua-leftover-grace=3",
+            *args,
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

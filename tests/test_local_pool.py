@@ -43,8 +43,9 @@ class _Pool:
 
 def test_a_result_written_after_its_pool_broke_is_removed(tmp_path):
     path = str(tmp_path / "r0")
-    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5); "
-                             f"open({path!r}, 'w').write('late')"])
+    late = subprocess.Popen(
+        [sys.executable, "-c", f"import time; time.sleep(0.5); open({path!r}, 'w').write('late')"]
+    )
     removed: list[str] = []
 
     def remove(paths: list[str]) -> None:

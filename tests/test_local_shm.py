@@ -80,8 +80,7 @@ def test_a_large_put_read_by_many_tasks_is_one_file():
 def test_results_and_arguments_leave_no_file_once_dropped():
     with ua.Executor("local", workers=2) as ex:
         futures = [ex.submit(make, N, float(i)) for i in range(4)]
-        assert [total(f.result()) for f in futures] == [total(make(N, float(i)))
-                                                      for i in range(4)]
+        assert [total(f.result()) for f in futures] == [total(make(N, float(i))) for i in range(4)]
         assert len(settle(ex, 4)) == 4  # each result stays while its future lives
         assert ex.submit(total, make(N)).result() == total(make(N))  # an argument file
         del futures
@@ -91,7 +90,8 @@ def test_results_and_arguments_leave_no_file_once_dropped():
 def test_a_map_and_a_pipeline_of_large_values_leave_no_file():
     with ua.Executor("local", workers=2) as ex:
         assert list(ex.map(total, [make(N, i) for i in range(6)])) == [
-            total(make(N, i)) for i in range(6)]
+            total(make(N, i)) for i in range(6)
+        ]
         assert list(ex.pipeline(make, total)([N] * 6)) == [total(make(N))] * 6
         assert settle(ex, 0) == []
 
@@ -170,7 +170,9 @@ def test_tasks_queued_at_shutdown_without_wait_still_read_their_files():
     ex.shutdown(wait=False)
     assert first.result(timeout=60) == 0.5
     assert [f.result(timeout=60) for f in queued] == [
-        *(total(make(N, float(i))) for i in range(3)), total(make(N, 5.0))]
+        *(total(make(N, float(i))) for i in range(3)),
+        total(make(N, 5.0)),
+    ]
     deadline = time.monotonic() + 10  # removed once the pool has finished
     while os.path.exists(store_dir) and time.monotonic() < deadline:
         time.sleep(0.05)

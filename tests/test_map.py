@@ -398,8 +398,7 @@ def test_map_holds_no_more_than_its_memory_budget(ua_backend, size):
     budget = 2**20
     consumed: list[int] = []
     held: list[int] = []
-    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
-                     memory_budget=budget) as ex:
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers, memory_budget=budget) as ex:
         for done, length in enumerate(ex.map(len, _consumption(200, size, consumed)), 1):
             assert length == size
             held.append(len(consumed) - done)

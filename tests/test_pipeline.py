@@ -295,8 +295,9 @@ def test_pipeline_explicit_chunksize_is_the_batch_size(ua_backend, monkeypatch):
 def test_pipeline_batches_keep_order_and_errors(ua_backend, ua_serial, chunksize):
     data = list(range(40))
     p = [sleep_by_item, inc, to_str]
-    assert (list(ua.pipeline(*p)(data, chunksize=chunksize))
-            == list(ua_serial.pipeline(*p)(data, chunksize=chunksize)))
+    assert list(ua.pipeline(*p)(data, chunksize=chunksize)) == list(
+        ua_serial.pipeline(*p)(data, chunksize=chunksize)
+    )
     it = ua.pipeline(inc, explode_on_three)(range(10), chunksize=chunksize)
     got = []
     with pytest.raises(KeyError, match="item 3"):
@@ -404,8 +405,9 @@ def test_a_one_worker_stage_is_a_sequential_sink(ua_backend, ua_serial, tmp_path
     """A workers=1 stage gets its items one at a time, in input order, on every backend."""
     path = tmp_path / "sink.txt"
     sink = ua.stage(functools.partial(append_line, str(path)), workers=1)
-    got = list(ua_backend.pipeline(ua.stage(later_first, workers=4), sink)(
-        range(16), chunksize=chunksize))
+    got = list(
+        ua_backend.pipeline(ua.stage(later_first, workers=4), sink)(range(16), chunksize=chunksize)
+    )
     assert got == list(range(16))
     assert path.read_text().split() == [str(x) for x in range(16)]
 
@@ -427,8 +429,7 @@ def test_pipeline_holds_no_more_than_its_memory_budget(ua_backend, size):
     budget = 2**20
     consumed: list[int] = []
     held: list[int] = []
-    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
-                     memory_budget=budget) as ex:
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers, memory_budget=budget) as ex:
         pipe = ex.pipeline(passthrough, ua.stage(len, workers=1))
         for done, length in enumerate(pipe(_recorded(150, size, consumed)), 1):
             assert length == size
@@ -454,8 +455,7 @@ def test_pipeline_counts_large_values_between_stages_in_its_budget(ua_backend):
             consumed.append(i)
             yield i
 
-    with ua.Executor(ua_backend.backend, workers=ua_backend.workers,
-                     memory_budget=budget) as ex:
+    with ua.Executor(ua_backend.backend, workers=ua_backend.workers, memory_budget=budget) as ex:
         pipe = ex.pipeline(two_mib, len)
         for done, length in enumerate(pipe(numbers(60)), 1):
             assert length == 2 * 2**20

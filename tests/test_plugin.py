@@ -20,9 +20,21 @@ def test_a_hang_at_the_end_of_the_run_prints_stacks_and_fails(tmp_path: Path) ->
     (tmp_path / "test_hanging_end.py").write_text(HANGING_END)
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "--ua-check-leftovers", "--ua-end-timeout=3", "test_hanging_end.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--ua-check-leftovers",
+            "--ua-end-timeout=3",
+            "test_hanging_end.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert time.monotonic() - start < 100, "the watchdog did not end the run"
     assert done.returncode == 1, done.stdout + done.stderr

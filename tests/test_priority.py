@@ -59,11 +59,13 @@ def run_queued(ex: ua.Executor, tmp_path: Path, workers: int) -> list[str]:
     log = tmp_path / "log"
     releases = [tmp_path / f"release{i}" for i in range(workers)]
     blocker = ua.task(block, priority=1)  # a priority: the gate engages from here on
-    blockers = [ex.submit(blocker, str(log), f"B{i}", str(release))
-                for i, release in enumerate(releases)]
+    blockers = [
+        ex.submit(blocker, str(log), f"B{i}", str(release)) for i, release in enumerate(releases)
+    ]
     wait_started(log, {f"B{i}" for i in range(workers)})
-    queued = [ex.submit(ua.task(record, priority=priority), str(log), label)
-              for label, priority in QUEUED]
+    queued = [
+        ex.submit(ua.task(record, priority=priority), str(log), label) for label, priority in QUEUED
+    ]
     time.sleep(0.3)  # let every engine settle what it has queued
     releases[0].touch()  # one slot frees: the queued tasks run through it one by one
     assert [future.result(timeout=60) for future in queued] == [label for label, _ in QUEUED]
@@ -88,8 +90,10 @@ def test_two_slots_start_by_priority(ua_backend, tmp_path):
 def hold_slots(ex: ua.Executor, tmp_path: Path, workers: int) -> tuple[Path, Path, list]:
     """Blockers (with a priority: the gate engages) on every slot; returns log, release, them."""
     log, release = tmp_path / "log", tmp_path / "release"
-    blockers = [ex.submit(ua.task(block, priority=1), str(log), f"B{i}", str(release))
-                for i in range(workers)]
+    blockers = [
+        ex.submit(ua.task(block, priority=1), str(log), f"B{i}", str(release))
+        for i in range(workers)
+    ]
     wait_started(log, {f"B{i}" for i in range(workers)})
     return log, release, blockers
 
@@ -98,8 +102,10 @@ def hold_slots(ex: ua.Executor, tmp_path: Path, workers: int) -> tuple[Path, Pat
 def test_cancel_a_waiting_task_is_exact(ua_backend, tmp_path):
     with ua.Executor(ua_backend.backend, workers=1) as ex:
         log, release, blockers = hold_slots(ex, tmp_path, 1)
-        waiting = [ex.submit(ua.task(record, priority=p), str(log), label)
-                   for label, p in (("x", 0), ("y", 3), ("z", 0))]
+        waiting = [
+            ex.submit(ua.task(record, priority=p), str(log), label)
+            for label, p in (("x", 0), ("y", 3), ("z", 0))
+        ]
         assert waiting[0].cancel() and waiting[1].cancel()
         assert waiting[0].cancelled() and waiting[1].cancelled()
         release.touch()
@@ -134,8 +140,9 @@ def test_map_and_stage_tasks_carry_their_priority(ua_backend, tmp_path):
     with ua.Executor(ua_backend.backend, workers=1) as ex:
         log, release, blockers = hold_slots(ex, tmp_path, 1)
         low = ex.submit(record, str(log), "low")  # priority 0, submitted first
-        urgent = ex.map(ua.task(record, priority=5), [str(log)] * 2, ["m1", "m2"],
-                        chunksize=1, buffersize=2)
+        urgent = ex.map(
+            ua.task(record, priority=5), [str(log)] * 2, ["m1", "m2"], chunksize=1, buffersize=2
+        )
         time.sleep(0.3)
         release.touch()
         assert list(urgent) == ["m1", "m2"]

@@ -26,8 +26,10 @@ UNIT = keyed.UNIT
 # --------------------------------------------------------------------------- helpers
 def wide_float_pairs(n, keys, seed):
     rng = random.Random(seed)
-    return [(f"k{rng.randrange(keys)}", rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-12, 12))
-            for _ in range(n)]
+    return [
+        (f"k{rng.randrange(keys)}", rng.uniform(-1.0, 1.0) * 10.0 ** rng.randint(-12, 12))
+        for _ in range(n)
+    ]
 
 
 def per_key(pairs):
@@ -41,7 +43,7 @@ def per_key(pairs):
 def documented_tree(fn, pairs):
     """The shape docs/reduce.md draws, in plain Python: per key, a left fold inside each
     unit of UNIT pairs, then the pairwise tree over all units (absent: passed through)."""
-    units = [pairs[i:i + UNIT] for i in range(0, len(pairs), UNIT)]
+    units = [pairs[i : i + UNIT] for i in range(0, len(pairs), UNIT)]
     folded = []
     for unit in units:
         acc = {}
@@ -53,8 +55,9 @@ def documented_tree(fn, pairs):
     def combine(a, b):
         return b if a is absent else a if b is absent else fn(a, b)
 
-    return {key: pairwise(combine, [unit.get(key, absent) for unit in folded])
-            for key in per_key(pairs)}
+    return {
+        key: pairwise(combine, [unit.get(key, absent) for unit in folded]) for key in per_key(pairs)
+    }
 
 
 def hexes(result):
@@ -91,9 +94,9 @@ def test_floats_bit_identical_to_serial_and_to_the_documented_tree(ua_backend, u
     got = ua.reduce_by_key(operator.add, pairs)
     assert hexes(got) == hexes(ua_serial.reduce_by_key(operator.add, pairs))
     assert hexes(got) == hexes(documented_tree(operator.add, pairs))
-    assert hexes(got) != hexes({k: functools.reduce(operator.add, v)
-                                for k, v in per_key(pairs).items()}), \
-        "the data must tell a tree from a left fold, or this test proves little"
+    assert hexes(got) != hexes(
+        {k: functools.reduce(operator.add, v) for k, v in per_key(pairs).items()}
+    ), "the data must tell a tree from a left fold, or this test proves little"
 
 
 @pytest.mark.parametrize("partitions", [1, 2, 3, 8])
@@ -120,7 +123,7 @@ def test_task_sizes_do_not_change_the_bits(ua_backend, ua_serial, monkeypatch):
 # ------------------------------------------------------------- equal to functools.reduce per key
 def test_ints_equal_per_key_functools_reduce(ua_backend):
     rng = random.Random(5)
-    pairs = [(rng.randrange(1000), rng.randrange(-10**6, 10**6)) for _ in range(3 * UNIT + 9)]
+    pairs = [(rng.randrange(1000), rng.randrange(-(10**6), 10**6)) for _ in range(3 * UNIT + 9)]
     got = ua.reduce_by_key(operator.add, pairs)
     expected = {k: functools.reduce(operator.add, v) for k, v in per_key(pairs).items()}
     assert got == expected
@@ -203,22 +206,35 @@ def test_hash_partitions_agree_across_hash_seeds():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     outputs = set()
     for seed in ("0", "1", "4242"):
-        proc = subprocess.run([sys.executable, "-c", HASH_SCRIPT], env={**env,
-                              "PYTHONHASHSEED": seed}, capture_output=True, text=True,
-                              timeout=120, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", HASH_SCRIPT],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         outputs.add(proc.stdout)
     assert len(outputs) == 1, outputs
     # and python's own hash() does differ between those seeds (else this proves nothing)
-    salted = {subprocess.run([sys.executable, "-c", "print(hash('word'))"], capture_output=True,
-                             text=True, check=True, env={**env, "PYTHONHASHSEED": seed}).stdout
-              for seed in ("0", "1")}
+    salted = {
+        subprocess.run(
+            [sys.executable, "-c", "print(hash('word'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**env, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("0", "1")
+    }
     assert len(salted) == 2
 
 
 def test_hash_on_the_workers_is_the_callers(ua_backend):
     keys = ["word", b"raw", ("a", 2, "b"), 10**30, 0.1, frozenset({1, "x"})]
-    assert ua.gather([ua.submit(keyed.stable_hash, k) for k in keys]) == \
-        [keyed.stable_hash(k) for k in keys]
+    assert ua.gather([ua.submit(keyed.stable_hash, k) for k in keys]) == [
+        keyed.stable_hash(k) for k in keys
+    ]
 
 
 def test_stable_hash_numbers_follow_equality():
@@ -226,19 +242,25 @@ def test_stable_hash_numbers_follow_equality():
     from fractions import Fraction
 
     assert keyed.stable_hash(1) == keyed.stable_hash(1.0) == keyed.stable_hash(True)
-    assert keyed.stable_hash(Fraction(3, 2)) == keyed.stable_hash(Decimal("1.5")) == \
-        keyed.stable_hash(1.5)
+    assert (
+        keyed.stable_hash(Fraction(3, 2))
+        == keyed.stable_hash(Decimal("1.5"))
+        == keyed.stable_hash(1.5)
+    )
     assert keyed.stable_hash((1, "a")) != keyed.stable_hash(("a", 1))
     assert keyed.stable_hash(frozenset({"a", "b"})) == keyed.stable_hash(frozenset({"b", "a"}))
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("bad, error, words", [
-    (("k", 1, 2), TypeError, ["12345", "('k', 1, 2)", "2-tuple"]),
-    (["k", 1], TypeError, ["12345", "['k', 1]", "2-tuple"]),
-    (([1, 2], 1), TypeError, ["12345", "[1, 2]", "unhashable"]),
-    ((object, 1), TypeError, ["12345", "stable hash", "callable"]),
-])
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        (("k", 1, 2), TypeError, ["12345", "('k', 1, 2)", "2-tuple"]),
+        (["k", 1], TypeError, ["12345", "['k', 1]", "2-tuple"]),
+        (([1, 2], 1), TypeError, ["12345", "[1, 2]", "unhashable"]),
+        ((object, 1), TypeError, ["12345", "stable hash", "callable"]),
+    ],
+)
 def test_bad_pair_named_with_its_index(ua_backend, bad, error, words):
     pairs = [(i % 10, i) for i in range(12345)] + [bad] + [(1, 1)] * 100
     with pytest.raises(error) as got:
@@ -387,6 +409,7 @@ def test_partials_stay_on_the_workers(ua_backend, monkeypatch):
     monkeypatch.setattr(ua.Future, "_materialize", counting_materialize)
     monkeypatch.setattr(ua.Future, "set_loaded", counting_set_loaded)
     pairs = [(i % 300, i) for i in range(20 * UNIT)]
-    assert ua.reduce_by_key(operator.add, pairs, partitions=2) == \
-        {k: sum(v) for k, v in per_key(pairs).items()}
+    assert ua.reduce_by_key(operator.add, pairs, partitions=2) == {
+        k: sum(v) for k, v in per_key(pairs).items()
+    }
     assert len(set(map(id, loaded))) <= 2, f"{len(set(map(id, loaded)))} values came back"

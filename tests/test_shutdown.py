@@ -54,7 +54,10 @@ def _worker_pids_after(ending: str, backend: str) -> tuple[set[int], list[int]]:
     env = dict(os.environ, UNIDIST_API_BACKEND=backend)
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM.format(ending=ending)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     pids = {int(p) for p in done.stdout.split()}
@@ -89,7 +92,10 @@ def test_no_process_outlives_a_killed_caller(ua_backend, sig):
     env = dict(os.environ, UNIDIST_API_BACKEND=ua_backend.backend)
     caller = subprocess.Popen(
         [sys.executable, "-c", PROGRAM.format(ending="time.sleep(120)")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         line = caller.stdout.readline()

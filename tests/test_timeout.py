@@ -106,8 +106,9 @@ def _settle_dask_restarts(request):
     re-run the next test's tasks on another worker, which tests that count attempts
     would notice.
     """
-    executor = (request.getfixturevalue("ua_backend")
-                if "ua_backend" in request.fixturenames else None)
+    executor = (
+        request.getfixturevalue("ua_backend") if "ua_backend" in request.fixturenames else None
+    )
     yield
     for thread in list(getattr(getattr(executor, "_backend", None), "_restarting", [])):
         thread.join(60)
@@ -265,7 +266,8 @@ def test_serial_refuses_timeout_off_the_main_thread():
 
 # --------------------------------------------------------------------------- waiting with timeout=
 NOT_SERIAL = pytest.mark.ua_exclude(
-    "serial", reason="serial runs the task inside submit(): its future is always done")
+    "serial", reason="serial runs the task inside submit(): its future is always done"
+)
 
 
 @NOT_SERIAL

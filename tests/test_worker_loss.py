@@ -27,7 +27,8 @@ from unidist_api.backends.base import LOST_WORKER_RETRIES
 from unidist_api.errors import ExecutorShutdownError, WorkerLostError
 
 pytestmark = pytest.mark.ua_exclude(
-    "serial", reason="serial runs tasks in the caller's process: killing the worker kills the test")
+    "serial", reason="serial runs tasks in the caller's process: killing the worker kills the test"
+)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -213,13 +214,25 @@ def test_workers_killed_again_and_again_are_all_replaced(ua_backend):
 
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.3s"}):
         for _ in range(6):
-            pids = set(ua_backend.map(functools.partial(pid_after, 0.05),
-                                      range(4 * ua_backend.workers), chunksize=1, timeout=90))
+            pids = set(
+                ua_backend.map(
+                    functools.partial(pid_after, 0.05),
+                    range(4 * ua_backend.workers),
+                    chunksize=1,
+                    timeout=90,
+                )
+            )
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
     # every worker is back: as many run at once as before
-    pids = set(ua_backend.map(functools.partial(pid_after, 0.5), range(4 * ua_backend.workers),
-                              chunksize=1, timeout=90))
+    pids = set(
+        ua_backend.map(
+            functools.partial(pid_after, 0.5),
+            range(4 * ua_backend.workers),
+            chunksize=1,
+            timeout=90,
+        )
+    )
     assert len(pids) >= ua_backend.workers, f"{len(pids)} of {ua_backend.workers} workers left"

@@ -68,13 +68,27 @@ def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
     return current_executor().submit(fn, *args, **kwargs)
 
 
-def map(fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,  # noqa: A001
-        chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
-        progress: bool = False, checkpoint: str | os.PathLike[str] | None = None) -> Iterator[T]:
+def map(
+    fn: Callable[..., T],
+    *iterables: Iterable[Any],
+    timeout: float | None = None,  # noqa: A001
+    chunksize: int | None = None,
+    buffersize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[T]:
     """Lazy parallel ``map`` on the current executor (see ``Executor.map``)."""
-    return current_executor().map(fn, *iterables, timeout=timeout, chunksize=chunksize,
-                                  buffersize=buffersize, ordered=ordered, progress=progress,
-                                  checkpoint=checkpoint)
+    return current_executor().map(
+        fn,
+        *iterables,
+        timeout=timeout,
+        chunksize=chunksize,
+        buffersize=buffersize,
+        ordered=ordered,
+        progress=progress,
+        checkpoint=checkpoint,
+    )
 
 
 def pipeline(*stages: Callable[..., Any] | Stage) -> Pipeline:
@@ -91,17 +105,23 @@ def reduce(fn: Callable[[T, T], T], iterable: Iterable[T], initial: Any = MISSIN
     return current_executor().reduce(fn, iterable, initial)
 
 
-def reduce_by_key(fn: Callable[[V, V], V], pairs: Iterable[tuple[K, V]], *,
-                  partitions: int | None = None, partition: Any = "hash",
-                  initial: Any = MISSING) -> dict[K, V]:
+def reduce_by_key(
+    fn: Callable[[V, V], V],
+    pairs: Iterable[tuple[K, V]],
+    *,
+    partitions: int | None = None,
+    partition: Any = "hash",
+    initial: Any = MISSING,
+) -> dict[K, V]:
     """``pairs`` yields ``(key, value)``; each key's values are combined in input order by
     a fixed tree (shape set by the input alone), so the dict is bit-identical on every
     backend and equal to a per-key ``functools.reduce`` for an associative ``fn``;
     ``partition``: ``"hash"`` (a stable hash of the key, the same in every process and
     run), a sorted list of boundaries (range partitions), or a callable ``key -> int`` in
     ``range(partitions)``; keys in order of first appearance (see ``Executor.reduce_by_key``)."""
-    return current_executor().reduce_by_key(fn, pairs, partitions=partitions,
-                                            partition=partition, initial=initial)
+    return current_executor().reduce_by_key(
+        fn, pairs, partitions=partitions, partition=partition, initial=initial
+    )
 
 
 def put(obj: T) -> Future[T]:

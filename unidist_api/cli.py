@@ -49,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _export(args: argparse.Namespace) -> None:
     """Put the command-line configuration where every executor will find it."""
-    for value, name in ((args.backend, config.ENV_BACKEND), (args.address, config.ENV_ADDRESS),
-                        (args.workers, config.ENV_WORKERS)):
+    for value, name in (
+        (args.backend, config.ENV_BACKEND),
+        (args.address, config.ENV_ADDRESS),
+        (args.workers, config.ENV_WORKERS),
+    ):
         if value is not None:
             os.environ[name] = str(value)
 
@@ -82,15 +85,18 @@ def run_script(script: str, argv: Sequence[str]) -> int:
 
 def info(args: argparse.Namespace) -> int:
     """Print the resolved configuration with its sources, the backend's facts, versions."""
-    settings = config.resolve(config.Layer("command line", args.backend, args.address,
-                                           args.workers))
+    settings = config.resolve(
+        config.Layer("command line", args.backend, args.address, args.workers)
+    )
     sources = settings.sources
     print("configuration:")
     print(f"  backend: {settings.backend}  ({sources['backend']})")
     print(f"  address: {settings.address}  ({sources.get('address', 'default')})")
     workers = settings.workers
-    print(f"  workers: {workers if workers is not None else 'backend default'}"
-          f"  ({sources.get('workers', 'default')})")
+    print(
+        f"  workers: {workers if workers is not None else 'backend default'}"
+        f"  ({sources.get('workers', 'default')})"
+    )
     for name, value in settings.options.items():
         print(f"  {name}: {value!r}  ({sources[name]})")
     from .executor import Executor

@@ -30,8 +30,16 @@ from typing import Any
 
 from .errors import InvalidOptionError
 
-__all__ = ["Layer", "Settings", "resolve", "configure", "check_workers", "default_settings",
-           "forget_default", "use_layer"]
+__all__ = [
+    "Layer",
+    "Settings",
+    "resolve",
+    "configure",
+    "check_workers",
+    "default_settings",
+    "forget_default",
+    "use_layer",
+]
 
 DEFAULT_BACKEND = "local"
 ENV_BACKEND = "UNIDIST_API_BACKEND"
@@ -76,8 +84,11 @@ def check_workers(value: Any, source: str) -> int | None:
 
 def resolve(top: Layer | None = None) -> Settings:
     """Merge the configuration layers under ``top`` (an explicit Executor's arguments)."""
-    layers = [layer for layer in (top, use_layer.get(), _configured, *_ambient_layers())
-              if layer is not None]
+    layers = [
+        layer
+        for layer in (top, use_layer.get(), _configured, *_ambient_layers())
+        if layer is not None
+    ]
     backend, backend_source = DEFAULT_BACKEND, "default"
     for layer in layers:
         if layer.backend is not None:
@@ -110,8 +121,12 @@ _lock = threading.RLock()
 _default: Settings | None = None  # resolved default, cached until configure()/shutdown()
 
 
-def configure(backend: str | None, address: str | None = None, workers: int | None = None,
-              **backend_options: Any) -> None:
+def configure(
+    backend: str | None,
+    address: str | None = None,
+    workers: int | None = None,
+    **backend_options: Any,
+) -> None:
     """Set the process-wide default backend; ``configure(None)`` clears it.
 
     Executors already created keep running until ``ua.shutdown()``; module functions
@@ -125,8 +140,10 @@ def configure(backend: str | None, address: str | None = None, workers: int | No
         load_backend(backend)  # fail now on an unknown or uninstalled backend
     empty = backend is None and address is None and workers is None and not backend_options
     with _lock:
-        _configured = None if empty else Layer(
-            "configure()", backend, address, workers, dict(backend_options)
+        _configured = (
+            None
+            if empty
+            else Layer("configure()", backend, address, workers, dict(backend_options))
         )
         _default = None
 

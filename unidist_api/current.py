@@ -30,8 +30,12 @@ _executors: dict[tuple[Any, ...], Executor] = {}  # executors the module functio
 
 
 @contextlib.contextmanager
-def use(backend: str | Executor | None, address: str | None = None, workers: int | None = None,
-        **backend_options: Any) -> Iterator[Executor]:
+def use(
+    backend: str | Executor | None,
+    address: str | None = None,
+    workers: int | None = None,
+    **backend_options: Any,
+) -> Iterator[Executor]:
     """Make a backend the current one for this block (this thread or asyncio task only).
 
     ``backend`` may also be an existing :class:`Executor`. Executors made here are kept
@@ -43,8 +47,7 @@ def use(backend: str | Executor | None, address: str | None = None, workers: int
         check_workers(workers, "workers")
         executor = _managed(resolve(Layer("use()", backend, address, workers, backend_options)))
     settings = executor.settings
-    layer = Layer("use()", settings.backend, settings.address, settings.workers,
-                  settings.options)
+    layer = Layer("use()", settings.backend, settings.address, settings.workers, settings.options)
     token, layer_token = _current.set(executor), _use_layer.set(layer)
     try:
         yield executor

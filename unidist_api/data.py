@@ -24,8 +24,7 @@ from collections.abc import Callable
 from pickle import PickleBuffer
 from typing import Any
 
-__all__ = ["LARGE", "Packed", "Wire", "pack", "load_input", "load_result",
-           "Embedded", "is_large"]
+__all__ = ["LARGE", "Packed", "Wire", "pack", "load_input", "load_result", "Embedded", "is_large"]
 
 #: A buffer of at least this many bytes travels out of band and arrives read-only.
 LARGE = 1 << 20
@@ -124,8 +123,7 @@ def load_result(data: bytes | Packed, *, private: bool = False) -> Any:
     """
     if not isinstance(data, Packed):
         return pickle.loads(data)
-    buffers = [b if private and not memoryview(b).readonly else _copy(b)
-               for b in data.buffers]
+    buffers = [b if private and not memoryview(b).readonly else _copy(b) for b in data.buffers]
     return pickle.loads(_writable(data.header), buffers=buffers)
 
 
@@ -166,8 +164,11 @@ def _writable(header: bytes) -> bytes:
     if not any(op.name == "READONLY_BUFFER" for op, _, _ in ops):
         return header
     ends = [pos for _, _, pos in ops[1:]] + [len(header)]
-    return b"".join(header[pos:end] for (op, _, pos), end in zip(ops, ends, strict=True)
-                    if op.name not in ("READONLY_BUFFER", "FRAME"))
+    return b"".join(
+        header[pos:end]
+        for (op, _, pos), end in zip(ops, ends, strict=True)
+        if op.name not in ("READONLY_BUFFER", "FRAME")
+    )
 
 
 class Embedded:

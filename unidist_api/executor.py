@@ -50,10 +50,17 @@ class Executor(cf.Executor):
     its first task. The backend starts on first use.
     """
 
-    def __init__(self, backend: str | int | None = None, address: str | None = None,
-                 workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
-                 initargs: tuple[Any, ...] = (), max_workers: int | None = None,
-                 **backend_options: Any) -> None:
+    def __init__(
+        self,
+        backend: str | int | None = None,
+        address: str | None = None,
+        workers: int | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_workers: int | None = None,
+        **backend_options: Any,
+    ) -> None:
         if isinstance(backend, int):  # a bool too: check_workers refuses it by name
             if max_workers is not None and max_workers != backend:
                 raise TypeError(
@@ -80,8 +87,9 @@ class Executor(cf.Executor):
         executor._start(settings, None, ())
         return executor
 
-    def _start(self, settings: Settings, initializer: Callable[..., Any] | None,
-               initargs: tuple[Any, ...]) -> None:
+    def _start(
+        self, settings: Settings, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    ) -> None:
         backend_class = load_backend(settings.backend)
         if settings.address is not None and not backend_class.takes_address:
             source = settings.sources.get("address", "")
@@ -95,8 +103,11 @@ class Executor(cf.Executor):
             settings = dataclasses.replace(settings, address=None)
         self.settings = settings
         self._backend: Backend = backend_class(
-            address=settings.address, workers=settings.workers, initializer=initializer,
-            initargs=initargs, options=settings.options,
+            address=settings.address,
+            workers=settings.workers,
+            initializer=initializer,
+            initargs=initargs,
+            options=settings.options,
         )
         self._runner = Runner(self._backend)
         _track(self)
@@ -134,10 +145,17 @@ class Executor(cf.Executor):
         deps = find_futures(args, kwargs)
         return self._backend.submit(Task(fn, args, kwargs, options, deps=deps))
 
-    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | None = None, buffersize: int | None = None, ordered: bool = True,
-            progress: bool = False,
-            checkpoint: str | os.PathLike[str] | None = None) -> Iterator[T]:
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[T]:
         """Lazy parallel ``map``: input is pulled as results are consumed.
 
         At most ``buffersize`` items are submitted and not yet yielded (``None``: a bounded
@@ -147,9 +165,17 @@ class Executor(cf.Executor):
         missing ones (docs/checkpoints.md).
         """
         self._runner.check_open()
-        return map_iterator(self._runner, fn, iterables, timeout=timeout, chunksize=chunksize,
-                            buffersize=buffersize, ordered=ordered, progress=progress,
-                            checkpoint=checkpoint)
+        return map_iterator(
+            self._runner,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+            checkpoint=checkpoint,
+        )
 
     def pipeline(self, *stages: Callable[..., Any] | Stage) -> Pipeline:
         """A reusable chain of stages bound to this executor; call it on an iterable."""
@@ -163,9 +189,15 @@ class Executor(cf.Executor):
         result: T = tree_reduce(self._runner, fn, iterable, initial)
         return result
 
-    def reduce_by_key(self, fn: Callable[[V, V], V], pairs: Iterable[tuple[K, V]], *,
-                      partitions: int | None = None, partition: Any = "hash",
-                      initial: Any = MISSING) -> dict[K, V]:
+    def reduce_by_key(
+        self,
+        fn: Callable[[V, V], V],
+        pairs: Iterable[tuple[K, V]],
+        *,
+        partitions: int | None = None,
+        partition: Any = "hash",
+        initial: Any = MISSING,
+    ) -> dict[K, V]:
         """Per-key tree reduction of ``(key, value)`` pairs, keys in order of first
         appearance; bit-identical on every backend (docs/reduce.md, "reduce_by_key").
 
@@ -175,8 +207,9 @@ class Executor(cf.Executor):
         ``len(boundaries) + 1``. With ``initial``, each key's result is ``fn(initial, tree)``.
         """
         self._runner.check_open()
-        result: dict[K, V] = reduce_by_key(self._runner, fn, pairs, partitions=partitions,
-                                           partition=partition, initial=initial)
+        result: dict[K, V] = reduce_by_key(
+            self._runner, fn, pairs, partitions=partitions, partition=partition, initial=initial
+        )
         return result
 
     def put(self, obj: T) -> Future[T]:
@@ -188,12 +221,17 @@ class Executor(cf.Executor):
         """Results of ``futures``, in order."""
         return gather(futures)
 
-    def as_completed(self, futures: Iterable[Future[T]],
-                     timeout: float | None = None) -> Iterator[Future[T]]:
+    def as_completed(
+        self, futures: Iterable[Future[T]], timeout: float | None = None
+    ) -> Iterator[Future[T]]:
         return as_completed(futures, timeout)
 
-    def wait(self, futures: Iterable[Future[T]], timeout: float | None = None,
-             return_when: str = ALL_COMPLETED) -> tuple[set[Future[T]], set[Future[T]]]:
+    def wait(
+        self,
+        futures: Iterable[Future[T]],
+        timeout: float | None = None,
+        return_when: str = ALL_COMPLETED,
+    ) -> tuple[set[Future[T]], set[Future[T]]]:
         return wait(futures, timeout, return_when)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -217,14 +255,14 @@ def gather(futures: Iterable[Future[T]]) -> list[T]:
     return [future.result() for future in futures]
 
 
-def as_completed(futures: Iterable[Future[T]],
-                 timeout: float | None = None) -> Iterator[Future[T]]:
+def as_completed(futures: Iterable[Future[T]], timeout: float | None = None) -> Iterator[Future[T]]:
     """Each future once, as it finishes (``concurrent.futures.as_completed``)."""
     return cf.as_completed(futures, timeout)  # type: ignore[return-value]
 
 
-def wait(futures: Iterable[Future[T]], timeout: float | None = None,
-         return_when: str = ALL_COMPLETED) -> tuple[set[Future[T]], set[Future[T]]]:
+def wait(
+    futures: Iterable[Future[T]], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> tuple[set[Future[T]], set[Future[T]]]:
     """``(done, not_done)``, as ``concurrent.futures.wait``."""
     done, not_done = cf.wait(futures, timeout, return_when)
     return done, not_done  # type: ignore[return-value]
@@ -259,8 +297,9 @@ def _on_collected(runner: Runner) -> None:
         for settled in [other for other in list(_collected) if other.settled]:
             _collected.discard(settled)
         _collected.add(runner)
-    threading.Thread(target=runner.close, args=(False, False), daemon=True,
-                     name="unidist-api collected executor").start()
+    threading.Thread(
+        target=runner.close, args=(False, False), daemon=True, name="unidist-api collected executor"
+    ).start()
 
 
 def _runners() -> list[Runner]:

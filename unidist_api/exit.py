@@ -29,8 +29,9 @@ _done = False
 _signalled = False  # the program exits on a signal: stop, do not wait
 
 
-def on_exit(*, finish: Callable[[bool], None] | None = None,
-            stop: Callable[[], None] | None = None) -> None:
+def on_exit(
+    *, finish: Callable[[bool], None] | None = None, stop: Callable[[], None] | None = None
+) -> None:
     """Run ``finish(interrupted)`` (executors), then ``stop()`` (engines), at exit."""
     with _lock:
         if finish is not None and finish not in _finishers:

@@ -118,8 +118,11 @@ def _parts(obj: Any, seen: set[int]) -> Iterator[bytes]:
 
 def _library_paths() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    found = {os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib", "purelib",
-                                                        "platlib") if name in paths}
+    found = {
+        os.path.realpath(paths[name])
+        for name in ("stdlib", "platstdlib", "purelib", "platlib")
+        if name in paths
+    }
     return tuple(path + os.sep for path in found)
 
 

@@ -42,8 +42,9 @@ class RemoteFailure(Exception):
     Carries the task's own exception, its traceback text and a batch's partial results.
     """
 
-    def __init__(self, exc: BaseException, tb: str | None = None,
-                 partial: list[Any] | None = None) -> None:
+    def __init__(
+        self, exc: BaseException, tb: str | None = None, partial: list[Any] | None = None
+    ) -> None:
         super().__init__(exc)
         self.exc, self.tb, self.partial = exc, tb, partial
 

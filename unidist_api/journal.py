@@ -88,7 +88,8 @@ def _check_existing(path: str, fd: int | None = None) -> bool:
         uri = f"file:{_quote(path)}?mode=ro&immutable=1"
         with _closing(sqlite3.connect(uri, uri=True)) as connection:
             row = connection.execute(
-                "SELECT value FROM unidist_api_journal WHERE name = 'format'").fetchone()
+                "SELECT value FROM unidist_api_journal WHERE name = 'format'"
+            ).fetchone()
     except sqlite3.DatabaseError as exc:
         raise NotAJournalError(
             f"checkpoint {path!r} is an SQLite database but not a unidist-api journal, or is "
@@ -132,8 +133,9 @@ def _lock(path: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except PermissionError:
         _check_existing(path)  # a foreign read-only file says so first
-        raise CheckpointError(f"cannot write to the checkpoint journal {path!r}: "
-                              "permission denied") from None
+        raise CheckpointError(
+            f"cannot write to the checkpoint journal {path!r}: permission denied"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot open the checkpoint journal {path!r}: {exc}") from exc
     try:
@@ -178,7 +180,8 @@ class Journal:
                 db = self._connect(existed=True)
                 self._index()
                 self.recorded = db.execute(
-                    "SELECT count(*) FROM results WHERE call = ?", (self.call,)).fetchone()[0]
+                    "SELECT count(*) FROM results WHERE call = ?", (self.call,)
+                ).fetchone()[0]
         except BaseException:
             self._release()
             raise
@@ -199,24 +202,28 @@ class Journal:
         if not existed:
             db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
             db.execute("INSERT INTO unidist_api_journal VALUES ('format', ?)", (FORMAT,))
-            db.execute("INSERT INTO unidist_api_journal VALUES ('created', ?)",
-                       (repr(time.time()),))
+            db.execute(
+                "INSERT INTO unidist_api_journal VALUES ('created', ?)", (repr(time.time()),)
+            )
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema in the main file
         now = time.time()
         db.execute(
             "INSERT INTO calls (fingerprint, kind, name, created, updated) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET updated = ?",
-            (self._fingerprint, self._kind, self._name, now, now, now))
-        self.call = db.execute("SELECT id FROM calls WHERE fingerprint = ?",
-                               (self._fingerprint,)).fetchone()[0]
+            (self._fingerprint, self._kind, self._name, now, now, now),
+        )
+        self.call = db.execute(
+            "SELECT id FROM calls WHERE fingerprint = ?", (self._fingerprint,)
+        ).fetchone()[0]
         return db
 
     def _index(self) -> None:
         """Turn this call's recorded batches into one ``results`` row per item (a rerun)."""
         db = self._db
         assert db is not None
-        rows = db.execute("SELECT id, keyed, inputs, results FROM batches WHERE call = ?",
-                          (self.call,)).fetchall()
+        rows = db.execute(
+            "SELECT id, keyed, inputs, results FROM batches WHERE call = ?", (self.call,)
+        ).fetchall()
         if not rows:
             return
         db.execute("BEGIN")
@@ -227,8 +234,11 @@ class Journal:
                     keys = [item_key(item) for item in keys]
                 db.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                    [(self.call, key, _dumps(value))
-                     for key, value in zip(keys, pickle.loads(results), strict=True)])
+                    [
+                        (self.call, key, _dumps(value))
+                        for key, value in zip(keys, pickle.loads(results), strict=True)
+                    ],
+                )
                 db.execute("DELETE FROM batches WHERE id = ?", (batch,))
             db.execute("COMMIT")
         except BaseException:
@@ -242,17 +252,19 @@ class Journal:
             return found
         with self._lock:
             for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = list(keys[start:start + _LOOKUP_CHUNK])
+                chunk = list(keys[start : start + _LOOKUP_CHUNK])
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     f"SELECT item, value FROM results WHERE call = ? AND item IN ({marks})",
-                    (self.call, *chunk)).fetchall()
+                    (self.call, *chunk),
+                ).fetchall()
                 for item, value in rows:
                     found[item] = pickle.loads(value)
         return found
 
-    def record(self, items: Sequence[Any], keys: Sequence[bytes] | None,
-               values: Sequence[Any]) -> None:
+    def record(
+        self, items: Sequence[Any], keys: Sequence[bytes] | None, values: Sequence[Any]
+    ) -> None:
         """Record the finished ``items`` (with their ``keys`` if known) and their ``values``,
         as one batch (committed within :data:`COMMIT_SECONDS`)."""
         count = len(values)
@@ -270,8 +282,10 @@ class Journal:
             if self.closed:
                 return
             self._rows.append(row)
-            if (len(self._rows) >= _COMMIT_ROWS
-                    or time.monotonic() - self._committed >= COMMIT_SECONDS):
+            if (
+                len(self._rows) >= _COMMIT_ROWS
+                or time.monotonic() - self._committed >= COMMIT_SECONDS
+            ):
                 self._commit()
             elif self._timer is None:  # no more may come for a while: commit them anyway
                 self._timer = threading.Timer(COMMIT_SECONDS, self._commit_late)
@@ -296,14 +310,17 @@ class Journal:
             db = self._connect(existed=False)
             call = self.call
             db.execute("BEGIN")
-            db.executemany("INSERT INTO batches (call, count, keyed, inputs, results) "
-                           "VALUES (?, ?, ?, ?, ?)", [(call, *row) for row in rows])
+            db.executemany(
+                "INSERT INTO batches (call, count, keyed, inputs, results) VALUES (?, ?, ?, ?, ?)",
+                [(call, *row) for row in rows],
+            )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db is not None and self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise CheckpointError(
-                f"cannot write to the checkpoint journal {self.path!r}: {exc}") from exc
+                f"cannot write to the checkpoint journal {self.path!r}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         """Commit what is left and release the journal, in a thread (see the class)."""
@@ -324,13 +341,16 @@ class Journal:
             with self._lock:
                 self._commit()
                 if self._db is not None:
-                    self._db.execute("UPDATE calls SET updated = ? WHERE id = ?",
-                                     (time.time(), self.call))
+                    self._db.execute(
+                        "UPDATE calls SET updated = ? WHERE id = ?", (time.time(), self.call)
+                    )
         except Exception:
             logging.getLogger(__name__).warning(
                 "unidist-api: the last results of a map could not be written to the "
-                "checkpoint journal %r (a rerun computes them again)", self.path,
-                exc_info=True)
+                "checkpoint journal %r (a rerun computes them again)",
+                self.path,
+                exc_info=True,
+            )
         finally:
             self._release()
             with _closing_lock:
@@ -370,8 +390,7 @@ def _dumps(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=5)  # type: ignore[no-any-return]
 
 
-def open_journal(path: str | os.PathLike[str], fingerprint: bytes, kind: str,
-                 name: str) -> Journal:
+def open_journal(path: str | os.PathLike[str], fingerprint: bytes, kind: str, name: str) -> Journal:
     """Open (or create) the journal at ``path`` for one call."""
     return Journal(check_path(path), fingerprint, kind, name)
 
@@ -384,22 +403,29 @@ def describe(path: str | os.PathLike[str]) -> list[str]:
     uri = f"file:{_quote(text)}?mode=ro"
     with _closing(sqlite3.connect(uri, uri=True)) as db:
         created = db.execute(
-            "SELECT value FROM unidist_api_journal WHERE name = 'created'").fetchone()
+            "SELECT value FROM unidist_api_journal WHERE name = 'created'"
+        ).fetchone()
         calls = db.execute(
             "SELECT id, kind, name, created, updated, "
             "(SELECT count(*) FROM results WHERE call = calls.id) + "
             "(SELECT coalesce(sum(count), 0) FROM batches WHERE call = calls.id), "
             "(SELECT coalesce(sum(length(value)), 0) FROM results WHERE call = calls.id) + "
             "(SELECT coalesce(sum(length(results)), 0) FROM batches WHERE call = calls.id) "
-            "FROM calls ORDER BY id").fetchall()
-    lines = [f"journal: {os.path.abspath(text)}", f"format: {FORMAT}",
-             f"size: {os.path.getsize(text)} bytes"]
+            "FROM calls ORDER BY id"
+        ).fetchall()
+    lines = [
+        f"journal: {os.path.abspath(text)}",
+        f"format: {FORMAT}",
+        f"size: {os.path.getsize(text)} bytes",
+    ]
     if created:
         lines.append(f"created: {_when(float(created[0]))}")
     lines.append(f"calls: {len(calls)}")
     for _, kind, name, first, last, items, size in calls:
-        lines.append(f"  {kind} {name}: {items} item(s) recorded, {size} bytes of results, "
-                     f"first run {_when(first)}, last run {_when(last)}")
+        lines.append(
+            f"  {kind} {name}: {items} item(s) recorded, {size} bytes of results, "
+            f"first run {_when(first)}, last run {_when(last)}"
+        )
     return lines
 
 

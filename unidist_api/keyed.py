@@ -91,7 +91,8 @@ def stable_hash(key: Any) -> int:
         raise TypeError(
             f"{kind.__qualname__} has no stable hash (its hash() may differ between "
             "processes); partition='hash' takes str, bytes, None, numbers, and tuples or "
-            "frozensets of these")
+            "frozensets of these"
+        )
     return _mix(h)
 
 
@@ -110,8 +111,12 @@ class _Partitioner:
     first pair) only names the item in errors.
     """
 
-    def __init__(self, count: int, boundaries: list[Any] | None = None,
-                 fn: Callable[[Any], int] | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        boundaries: list[Any] | None = None,
+        fn: Callable[[Any], int] | None = None,
+    ) -> None:
         self.count = count
         self.boundaries = boundaries
         self.fn = fn
@@ -153,49 +158,65 @@ class _Partitioner:
         if isinstance(got, bool) or not hasattr(got, "__index__"):
             raise TypeError(
                 f"reduce_by_key: partition({key!r}) returned {got!r} for pair {index}; the "
-                f"partition callable must return an int in range({self.count})")
+                f"partition callable must return an int in range({self.count})"
+            )
         number = operator.index(got)
         if not 0 <= number < self.count:
             raise ValueError(
                 f"reduce_by_key: partition({key!r}) returned {number} for pair {index}, "
                 f"outside range({self.count}); return an int in range(partitions) or pass "
-                "a larger partitions=")
+                "a larger partitions="
+            )
         return number
 
 
 def _partitioner(partition: Any, partitions: int | None, workers: int) -> _Partitioner:
     """Check ``partition`` and ``partitions`` in the caller, before anything runs."""
-    if partitions is not None and (isinstance(partitions, bool) or
-                                   not isinstance(partitions, int) or partitions < 1):
-        raise ValueError(f"reduce_by_key: partitions must be an int >= 1 or None, "
-                         f"got {partitions!r}")
+    if partitions is not None and (
+        isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+    ):
+        raise ValueError(
+            f"reduce_by_key: partitions must be an int >= 1 or None, got {partitions!r}"
+        )
     if isinstance(partition, str):
         if partition != "hash":
-            raise ValueError(f"reduce_by_key: partition={partition!r}; give 'hash', a sorted "
-                             "list of boundaries, or a callable key -> int")
+            raise ValueError(
+                f"reduce_by_key: partition={partition!r}; give 'hash', a sorted "
+                "list of boundaries, or a callable key -> int"
+            )
         return _Partitioner(partitions or max(1, workers))
     if callable(partition):
         if partitions is None:
-            raise TypeError("reduce_by_key: a callable partition needs partitions=N, the "
-                            "number of partitions its results range over")
+            raise TypeError(
+                "reduce_by_key: a callable partition needs partitions=N, the "
+                "number of partitions its results range over"
+            )
         return _Partitioner(partitions, fn=partition)
     if isinstance(partition, (list, tuple)):
         boundaries = list(partition)
         try:
             ordered = all(a <= b for a, b in itertools.pairwise(boundaries))
         except TypeError as exc:
-            raise TypeError(f"reduce_by_key: the partition boundaries cannot be compared "
-                            f"with each other ({exc})") from None
+            raise TypeError(
+                f"reduce_by_key: the partition boundaries cannot be compared "
+                f"with each other ({exc})"
+            ) from None
         if not ordered:
-            raise ValueError(f"reduce_by_key: the partition boundaries {boundaries!r} are not "
-                             "sorted; pass sorted(boundaries)")
+            raise ValueError(
+                f"reduce_by_key: the partition boundaries {boundaries!r} are not "
+                "sorted; pass sorted(boundaries)"
+            )
         if partitions is not None and partitions != len(boundaries) + 1:
-            raise ValueError(f"reduce_by_key: {len(boundaries)} boundaries make "
-                             f"{len(boundaries) + 1} partitions, not partitions={partitions}; "
-                             "leave partitions out")
+            raise ValueError(
+                f"reduce_by_key: {len(boundaries)} boundaries make "
+                f"{len(boundaries) + 1} partitions, not partitions={partitions}; "
+                "leave partitions out"
+            )
         return _Partitioner(len(boundaries) + 1, boundaries=boundaries)
-    raise TypeError(f"reduce_by_key: partition must be 'hash', a sorted list of boundaries "
-                    f"or a callable key -> int, got {partition!r}")
+    raise TypeError(
+        f"reduce_by_key: partition must be 'hash', a sorted list of boundaries "
+        f"or a callable key -> int, got {partition!r}"
+    )
 
 
 # -- the tree's pieces --------------------------------------------------------------------------
@@ -243,13 +264,14 @@ class _Block:
     def __call__(self, data: bytes, start: int) -> list[bytes]:
         pairs = loads(data)
         units = [self._unit(pairs, at, start) for at in range(0, len(pairs), UNIT)]
-        whole = fold_levels(functools.partial(_merge, self.__wrapped__),
-                            ((0, unit) for unit in units))
+        whole = fold_levels(
+            functools.partial(_merge, self.__wrapped__), ((0, unit) for unit in units)
+        )
         return [dumps(part) for part in self.partitioner.split(whole)]
 
     def _unit(self, pairs: list[Any], at: int, start: int) -> Partial:
         fn = self.__wrapped__
-        chunk = pairs[at:at + UNIT]
+        chunk = pairs[at : at + UNIT]
         if set(map(type, chunk)) != {tuple} or set(map(len, chunk)) != {2}:  # C speed
             _check_pairs(chunk, start + at)
         acc: dict[Any, list[Any]] = {}
@@ -270,8 +292,10 @@ class _Block:
 def _check_pairs(chunk: list[Any], start: int) -> None:
     for i, pair in enumerate(chunk, start):
         if type(pair) is not tuple or len(pair) != 2:
-            raise TypeError(f"reduce_by_key: item {i} is {pair!r}, not a (key, value) "
-                            "tuple; give pairs as 2-tuples")
+            raise TypeError(
+                f"reduce_by_key: item {i} is {pair!r}, not a (key, value) "
+                "tuple; give pairs as 2-tuples"
+            )
 
 
 def _check_keys(chunk: list[Any], start: int) -> None:
@@ -279,9 +303,11 @@ def _check_keys(chunk: list[Any], start: int) -> None:
         try:
             hash(key)
         except TypeError:
-            raise TypeError(f"reduce_by_key: the key of pair {i}, {key!r}, is unhashable "
-                            f"({type(key).__qualname__}); use a hashable key (a tuple "
-                            "instead of a list, say)") from None
+            raise TypeError(
+                f"reduce_by_key: the key of pair {i}, {key!r}, is unhashable "
+                f"({type(key).__qualname__}); use a hashable key (a tuple "
+                "instead of a list, say)"
+            ) from None
 
 
 class _Group:
@@ -292,8 +318,10 @@ class _Group:
 
     def __call__(self, p: int, levels: list[int], blocks: list[list[bytes]]) -> Partial:
         merge = functools.partial(_merge, self.__wrapped__)
-        return fold_levels(merge, ((level, loads(block[p]))  # type: ignore[no-any-return]
-                                   for level, block in zip(levels, blocks, strict=True)))
+        return fold_levels(  # type: ignore[no-any-return]
+            merge,
+            ((level, loads(block[p])) for level, block in zip(levels, blocks, strict=True)),
+        )
 
 
 class _Merge:
@@ -326,8 +354,11 @@ def _pack(pairs: list[Any], start: int) -> bytes:
     except Exception as exc:
         error = exc
     for i, pair in enumerate(pairs):
-        parts = ((("key", pair[0]), ("value", pair[1]))
-                 if type(pair) is tuple and len(pair) == 2 else (("item", pair),))
+        parts = (
+            (("key", pair[0]), ("value", pair[1]))
+            if type(pair) is tuple and len(pair) == 2
+            else (("item", pair),)
+        )
         for what, obj in parts:
             try:
                 dumps_for_workers(obj)
@@ -335,17 +366,24 @@ def _pack(pairs: list[Any], start: int) -> bytes:
                 raise SerializationError(
                     f"reduce_by_key: the {what} of pair {start + i}, {obj!r}, cannot be "
                     f"pickled ({exc}); keys and values go to other processes: use picklable "
-                    "ones (create unpicklable objects inside fn)") from exc
-    raise SerializationError(f"reduce_by_key: pairs {start}..{start + len(pairs) - 1} cannot "
-                             f"be pickled ({error})") from error
+                    "ones (create unpicklable objects inside fn)"
+                ) from exc
+    raise SerializationError(
+        f"reduce_by_key: pairs {start}..{start + len(pairs) - 1} cannot be pickled ({error})"
+    ) from error
 
 
 # -- the caller's side -----------------------------------------------------------------------
 class _Plan:
     """The submitting side of one call: blocks, groups, the per-partition counters."""
 
-    def __init__(self, runner: Runner, fn: Callable[[Any, Any], Any], options: TaskOptions,
-                 partitioner: _Partitioner) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        fn: Callable[[Any, Any], Any],
+        options: TaskOptions,
+        partitioner: _Partitioner,
+    ) -> None:
         self.runner = runner
         self.options = options
         self.count = partitioner.count
@@ -367,8 +405,9 @@ class _Plan:
         self.group_level = MAX_LEVEL  # groups span 2**group_level units
 
     def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = self.runner.submit(Task(func, args, {}, self.options,
-                                         deps=find_futures(args, {}), report_failure=True))
+        future = self.runner.submit(
+            Task(func, args, {}, self.options, deps=find_futures(args, {}), report_failure=True)
+        )
         self.alarm.watch(future)
         return future
 
@@ -462,9 +501,15 @@ def _fitting(budget: int, unit_bytes: float) -> int:
     return min(MAX_LEVEL, int(math.log2(max(1.0, budget / 4 / max(unit_bytes, 1.0)))))
 
 
-def reduce_by_key(runner: Runner, fn: Callable[[Any, Any], Any], pairs: Iterable[Any], *,
-                  partitions: int | None = None, partition: Any = "hash",
-                  initial: Any = MISSING) -> dict[Any, Any]:
+def reduce_by_key(
+    runner: Runner,
+    fn: Callable[[Any, Any], Any],
+    pairs: Iterable[Any],
+    *,
+    partitions: int | None = None,
+    partition: Any = "hash",
+    initial: Any = MISSING,
+) -> dict[Any, Any]:
     """Each key's values combined by ``fn`` along the fixed tree; keys in order of first
     appearance. See the module doc and docs/reduce.md."""
     fn, options = unwrap(fn)
@@ -481,8 +526,9 @@ def reduce_by_key(runner: Runner, fn: Callable[[Any, Any], Any], pairs: Iterable
             plan.alarm.wait(root)
         if roots:
             runner.load_ready(roots[0], roots[1:])
-        found = [(entry[0], key, entry[1]) for root in roots
-                 for key, entry in root.result().items()]
+        found = [
+            (entry[0], key, entry[1]) for root in roots for key, entry in root.result().items()
+        ]
     finally:
         plan.alarm.cancel()
     found.sort(key=operator.itemgetter(0))  # P sorted runs: timsort merges them

@@ -99,10 +99,18 @@ class Batcher:
         return max(1, min(size, room))
 
 
-def map_iterator(runner: Runner, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
-                 *, timeout: float | None, chunksize: int | None, buffersize: int | None,
-                 ordered: bool, progress: bool,
-                 checkpoint: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+def map_iterator(
+    runner: Runner,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    timeout: float | None,
+    chunksize: int | None,
+    buffersize: int | None,
+    ordered: bool,
+    progress: bool,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[Any]:
     """Validate, submit the first window now (as Python 3.14 does), stream the rest.
 
     ``checkpoint``: a journal's path (:mod:`.resume`): recorded items are not run again.
@@ -145,9 +153,18 @@ class _Stream:
     consumed, until the runner ran it out at shutdown).
     """
 
-    def __init__(self, runner: Runner, fn: Callable[..., Any], options: TaskOptions,
-                 mode: int, source: Iterator[Any], batcher: Batcher, window: int | None,
-                 workers: int, ordered: bool = True) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        fn: Callable[..., Any],
+        options: TaskOptions,
+        mode: int,
+        source: Iterator[Any],
+        batcher: Batcher,
+        window: int | None,
+        workers: int,
+        ordered: bool = True,
+    ) -> None:
         self.runner = runner
         self.fn = fn
         self.options = options
@@ -171,7 +188,8 @@ class _Stream:
         self.failed = False  # a batch failed in submit (serial): submit no more
         #: completion order (``ordered=False``): each batch's future as it finishes
         self.finished: queue.SimpleQueue[Future[Any]] | None = (
-            None if ordered else queue.SimpleQueue())
+            None if ordered else queue.SimpleQueue()
+        )
         self.bar: Any = None
         self.started = False  # its iterator was advanced
         self.stopped = False  # submits no more (finished, or its executor shut down)
@@ -258,8 +276,14 @@ class _Stream:
             if room <= 0:
                 return
             size = self.batcher.next_size(room)
-            size = batch_within(size, self.held, self.item_bytes + self.result_bytes,
-                                self.budget, self.workers, alone=not self.pending)
+            size = batch_within(
+                size,
+                self.held,
+                self.item_bytes + self.result_bytes,
+                self.budget,
+                self.workers,
+                alone=not self.pending,
+            )
             if size == 0:
                 return  # the memory budget is full: wait for results to be yielded
             chunk = None
@@ -408,11 +432,15 @@ class _Stream:
                 yield pop()
 
 
-_CANCELLED = ("map: the executor was shut down with cancel_futures=True while this map was "
-              "running; its remaining items were cancelled")
-_STOPPED = ("map: the executor was shut down while this map was running, so the rest of its "
-            "input was not submitted; consume a map before shutdown(wait=True), or use "
-            "shutdown(wait=False), after which maps made before it run to their end")
+_CANCELLED = (
+    "map: the executor was shut down with cancel_futures=True while this map was "
+    "running; its remaining items were cancelled"
+)
+_STOPPED = (
+    "map: the executor was shut down while this map was running, so the rest of its "
+    "input was not submitted; consume a map before shutdown(wait=True), or use "
+    "shutdown(wait=False), after which maps made before it run to their end"
+)
 _LATE = "map: the next result was not ready within timeout"
 
 
@@ -422,8 +450,9 @@ def _remaining(deadline: float | None) -> float | None:
     return max(0.0, deadline - time.monotonic())
 
 
-def progress_bar(iterables: tuple[Iterable[Any], ...], desc: str | None = None,
-                 position: int | None = None) -> Any:
+def progress_bar(
+    iterables: tuple[Iterable[Any], ...], desc: str | None = None, position: int | None = None
+) -> Any:
     """A tqdm bar sized by the inputs' lengths where they have one."""
     from tqdm.auto import tqdm
 

@@ -67,8 +67,9 @@ class Pipeline:
     (``ua.pipeline``). Reusable: call it on as many iterables as you like.
     """
 
-    def __init__(self, stages: Sequence[Callable[..., Any] | Stage],
-                 runner: Callable[[], Runner]) -> None:
+    def __init__(
+        self, stages: Sequence[Callable[..., Any] | Stage], runner: Callable[[], Runner]
+    ) -> None:
         if not stages:
             raise TypeError("pipeline() needs at least one stage")
         self.stages = tuple(_as_stage(s) for s in stages)
@@ -78,10 +79,16 @@ class Pipeline:
         names = " -> ".join(getattr(s.fn, "__name__", repr(s.fn)) for s in self.stages)
         return f"<ua.Pipeline {names}>"
 
-    def __call__(self, iterable: Iterable[Any], *, chunksize: int | None = None,
-                 buffersize: int | None = None, timeout: float | None = None,
-                 progress: bool = False,
-                 checkpoint: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+    def __call__(
+        self,
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[Any]:
         """Run the stages over ``iterable``, lazily; outputs in input order.
 
         ``chunksize`` items travel together as one task per stage; ``None`` adapts the
@@ -106,8 +113,10 @@ class Pipeline:
         if checkpoint is not None:
             run.resume = resume.for_pipeline(checkpoint, [s.fn for s in self.stages], source)
         if progress:
-            run.bars = [progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
-                        for i, s in enumerate(self.stages)]
+            run.bars = [
+                progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
+                for i, s in enumerate(self.stages)
+            ]
         return run.results(deadline)
 
 
@@ -129,8 +138,14 @@ class _Run:
     about ``Batcher.target``.
     """
 
-    def __init__(self, runner: Runner, stages: tuple[Stage, ...], source: Iterator[Any],
-                 chunksize: int | None, buffersize: int | None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        stages: tuple[Stage, ...],
+        source: Iterator[Any],
+        chunksize: int | None,
+        buffersize: int | None,
+    ) -> None:
         self.runner = runner
         self.stages = stages
         self.source = source
@@ -155,9 +170,7 @@ class _Run:
         self.latency: dict[int, float] = {}  # final batches' submit-to-completion seconds
         self.overhead = 0.0  # the engine's per-task overhead, once measured
         self.measured = False
-        self.finished: queue.SimpleQueue[tuple[int, int, Future[Any], float]] = (
-            queue.SimpleQueue()
-        )
+        self.finished: queue.SimpleQueue[tuple[int, int, Future[Any], float]] = queue.SimpleQueue()
         self.outputs: dict[int, Future[Any]] = {}
         self.sizes: dict[int, int] = {}  # items each batch runs
         self.counts: dict[int, int] = {}  # input items of each batch (with those recorded)
@@ -252,20 +265,27 @@ class _Run:
         if origin + 1 == len(self.stages):
             yield from partial
             return
-        rest = _Run(self.runner, self.stages[origin + 1:], iter(partial), len(partial), None)
+        rest = _Run(self.runner, self.stages[origin + 1 :], iter(partial), len(partial), None)
         yield from rest.results(deadline)
 
     def _read_input(self, emitted: int) -> None:
-        while (not self.exhausted and self.failure is None
-               and self.taken - emitted < self.max_batches):
+        while (
+            not self.exhausted and self.failure is None and self.taken - emitted < self.max_batches
+        ):
             size = min(batcher.next_size(Batcher.maximum) for batcher in self.batchers)
             if self.window is not None:
                 size = min(size, self.window - self.inside)
                 if size <= 0:
                     return
             per_item = max(self.item_bytes, self.result_bytes, self.middle_bytes)
-            size = batch_within(size, self.inside * per_item, per_item, self.budget,
-                                self.slots, alone=not self.inside)
+            size = batch_within(
+                size,
+                self.inside * per_item,
+                per_item,
+                self.budget,
+                self.slots,
+                alone=not self.inside,
+            )
             if size == 0:
                 return  # the memory budget is full: wait for outputs to be yielded
             if self.resume is None:
@@ -320,8 +340,7 @@ class _Run:
                 deps = [batch] if isinstance(batch, Future) else find_futures((batch,), {})
                 middle = index + 1 < len(self.stages)  # its value stays on the workers:
                 future = self.runner.submit(  # what its engine can tell of it, it tells
-                    Task(stage.fn, (batch,), {}, stage.options, EACH, deps,
-                         report_failure=middle)
+                    Task(stage.fn, (batch,), {}, stage.options, EACH, deps, report_failure=middle)
                 )
                 self.running[index] += 1
                 self.futures[future] = number

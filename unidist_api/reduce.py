@@ -103,8 +103,9 @@ class _Alarm:
             task.cancel()
 
 
-def tree_reduce(runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterable[Any],
-                initial: Any = MISSING) -> Any:
+def tree_reduce(
+    runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterable[Any], initial: Any = MISSING
+) -> Any:
     fn, options = unwrap(fn)
     runner.check_options(options)
     block = _Block(fn)
@@ -116,8 +117,9 @@ def tree_reduce(runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterabl
     alarm = _Alarm()
 
     def submit(func: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = runner.submit(Task(func, args, {}, options, deps=find_futures(args, {}),
-                                            report_failure=True))
+        future = runner.submit(
+            Task(func, args, {}, options, deps=find_futures(args, {}), report_failure=True)
+        )
         alarm.watch(future)
         return future
 
@@ -154,8 +156,9 @@ def tree_reduce(runner: Runner, fn: Callable[[Any, Any], Any], iterable: Iterabl
         alarm.cancel()
 
 
-def _next_level(leaves: deque[tuple[Future[Any], int, float]], level: int, count: int,
-                alarm: _Alarm) -> int:
+def _next_level(
+    leaves: deque[tuple[Future[Any], int, float]], level: int, count: int, alarm: _Alarm
+) -> int:
     """Wait for the oldest block; grow blocks while they are quick, shrink when slow.
 
     A block of 2**k items must start at a multiple of 2**k, so the tree stays aligned.

@@ -135,8 +135,9 @@ class Resume:
         self.journal.close()
 
 
-def for_map(path: str | os.PathLike[str], fn: Callable[..., Any], mode: int,
-            source: Iterator[Any]) -> Resume:
+def for_map(
+    path: str | os.PathLike[str], fn: Callable[..., Any], mode: int, source: Iterator[Any]
+) -> Resume:
     """The resume state of ``map(fn, ..., checkpoint=path)`` (``mode``: one or many inputs)."""
     digest = hashlib.blake2b(function_fingerprint(fn), digest_size=20)
     digest.update(f"map mode {mode}".encode())
@@ -144,8 +145,9 @@ def for_map(path: str | os.PathLike[str], fn: Callable[..., Any], mode: int,
     return Resume(journal, source)
 
 
-def for_pipeline(path: str | os.PathLike[str], fns: list[Callable[..., Any]],
-                 source: Iterator[Any]) -> Resume:
+def for_pipeline(
+    path: str | os.PathLike[str], fns: list[Callable[..., Any]], source: Iterator[Any]
+) -> Resume:
     """The resume state of ``Pipeline(iterable, checkpoint=path)`` over stages ``fns``."""
     name = " -> ".join(task_name(fn) for fn in fns)
     journal = open_journal(path, chain_fingerprint(fns), "pipeline", name)

@@ -130,8 +130,9 @@ class Runner:
             self._drain_in_background(stream)
 
     def _drain_in_background(self, stream: Stream) -> None:
-        thread = threading.Thread(target=_drain, args=(stream,), daemon=True,
-                                  name="unidist-api map drain")
+        thread = threading.Thread(
+            target=_drain, args=(stream,), daemon=True, name="unidist-api map drain"
+        )
         self._drains.append(thread)
         thread.start()
 

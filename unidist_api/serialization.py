@@ -20,8 +20,16 @@ from typing import Any
 from .data import Packed, pack
 from .errors import SerializationError
 
-__all__ = ["dumps", "loads", "dumps_function", "pack_arguments", "FunctionCache",
-           "dumps_value", "pack_value", "unloadable"]
+__all__ = [
+    "dumps",
+    "loads",
+    "dumps_function",
+    "pack_arguments",
+    "FunctionCache",
+    "dumps_value",
+    "pack_value",
+    "unloadable",
+]
 
 loads = pickle.loads
 
@@ -83,8 +91,11 @@ def ship_local_modules_by_value() -> None:
         if "." in name or not file or name in ("__main__", "unidist_api"):
             continue
         path = os.path.abspath(file)
-        if ("site-packages" in path or "dist-packages" in path
-                or any(path.startswith(p + os.sep) for p in installed)):
+        if (
+            "site-packages" in path
+            or "dist-packages" in path
+            or any(path.startswith(p + os.sep) for p in installed)
+        ):
             continue
         if any(path.startswith(root + os.sep) for root in roots):
             cloudpickle.register_pickle_by_value(module)
@@ -140,8 +151,9 @@ def task_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def pack_arguments(fn: Callable[..., Any], args: tuple[Any, ...],
-                   kwargs: Mapping[str, Any]) -> bytes | Packed:
+def pack_arguments(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bytes | Packed:
     """Pack ``(args, kwargs)``; on failure, name the argument that could not be pickled."""
     try:
         return pack_for_workers((args, kwargs))
@@ -178,8 +190,9 @@ def _picklable(value: Any) -> bool:
     return True
 
 
-def unloadable(what: str, exc: Exception, data: bytes | None = None, *,
-               where: str | None = None) -> SerializationError:
+def unloadable(
+    what: str, exc: Exception, data: bytes | None = None, *, where: str | None = None
+) -> SerializationError:
     """The error for a pickle a worker cannot load, naming ``what``, the module and the fix.
 
     Mostly a module the caller imports but the workers cannot (cloudpickle pickles
@@ -190,10 +203,13 @@ def unloadable(what: str, exc: Exception, data: bytes | None = None, *,
     where = where or f"the worker (pid {os.getpid()})"
     module = exc.name if isinstance(exc, ImportError) else None
     if not module:
-        fix = ("The workers must be able to unpickle it: run the same code and package "
-               "versions there as in the caller")
-        return SerializationError(f"{where} could not load {what}: "
-                                  f"{type(exc).__name__}: {exc}. {fix}.")
+        fix = (
+            "The workers must be able to unpickle it: run the same code and package "
+            "versions there as in the caller"
+        )
+        return SerializationError(
+            f"{where} could not load {what}: {type(exc).__name__}: {exc}. {fix}."
+        )
     names = _globals_in(data, module) if data is not None else []
     refers = f" (it refers to {', '.join(names)})" if names else ""
     return SerializationError(
@@ -218,8 +234,13 @@ def _globals_in(data: bytes, module: str) -> list[str]:
                 memo[len(memo) if op.name == "MEMOIZE" else arg] = recent[-1] if recent else None
                 continue
             if op.name in ("GLOBAL", "STACK_GLOBAL", "INST"):
-                mod, name = (arg.split(" ", 1) if isinstance(arg, str) and " " in arg
-                             else recent[-2:] if len(recent) >= 2 else (None, None))
+                mod, name = (
+                    arg.split(" ", 1)
+                    if isinstance(arg, str) and " " in arg
+                    else recent[-2:]
+                    if len(recent) >= 2
+                    else (None, None)
+                )
                 if isinstance(mod, str) and (mod == module or mod.startswith(module + ".")):
                     if f"{mod}.{name}" not in found:
                         found.append(f"{mod}.{name}")

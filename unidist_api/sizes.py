@@ -25,8 +25,9 @@ def packed_size(value: Any) -> int:
     """
     buffers: list[int] = []
     try:  # buffers out of band: counted, never copied
-        header = pickle.dumps(value, protocol=5,
-                              buffer_callback=lambda b: buffers.append(memoryview(b).nbytes))
+        header = pickle.dumps(
+            value, protocol=5, buffer_callback=lambda b: buffers.append(memoryview(b).nbytes)
+        )
     except Exception:  # a lambda, a class of __main__: what cloudpickle makes of it
         try:
             packed = pack(value)
@@ -41,8 +42,9 @@ def estimate(old: float, measured: int) -> float:
     return measured if not old else max(measured, 0.5 * (old + measured))
 
 
-def batch_within(size: int, held: float, per_item: float, budget: int, shares: int, *,
-                 alone: bool) -> int:
+def batch_within(
+    size: int, held: float, per_item: float, budget: int, shares: int, *, alone: bool
+) -> int:
     """How many of ``size`` items the next batch may take: at most ``budget / (2 x
     shares)`` bytes and what ``budget`` has left over ``held``, at ``per_item`` bytes
     each; 0 to wait for results to be yielded. ``alone``: nothing is held, so one item

@@ -73,8 +73,6 @@ class TaskOptions:
         return self.cpus > 1 or self.gpus > 0 or self.memory is not None or bool(self.resources)
 
 
-
-
 def _check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidOptionError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -43,8 +43,16 @@ class Interrupt(BaseException):
 class Attempt:
     """One running attempt with a deadline, as the watchdog sees it."""
 
-    __slots__ = ("thread", "main", "deadline", "on_stuck", "fired", "raised", "reported",
-                 "previous")
+    __slots__ = (
+        "thread",
+        "main",
+        "deadline",
+        "on_stuck",
+        "fired",
+        "raised",
+        "reported",
+        "previous",
+    )
 
     def __init__(self, timeout: float, on_stuck: Callable[[], None] | None) -> None:
         self.thread = threading.get_ident()
@@ -102,8 +110,9 @@ class _Watchdog:
         if attempt.main:
             signal.pthread_kill(attempt.thread, signal.SIGALRM)
         else:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(attempt.thread),
-                                                       ctypes.py_object(Interrupt))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(attempt.thread), ctypes.py_object(Interrupt)
+            )
 
 
 _watchdog: _Watchdog | None = None

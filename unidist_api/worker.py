@@ -33,6 +33,7 @@ OK, ERROR = 0, 1
 Outcome = tuple[int, "bytes | Packed", "str | None"]
 """``(OK, packed value, None)`` or ``(ERROR, pickled (exception, partial), traceback)``."""
 
+
 class Batch(list):  # type: ignore[type-arg]
     """The results of a batch task, with ``elapsed``: seconds the worker spent on it.
 
@@ -65,9 +66,15 @@ class _Failed(Exception):
         self.exc, self.tb, self.partial = exc, tb, partial
 
 
-def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int, retries: int,
-            retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
-            on_stuck: Callable[[], None] | None = None) -> Any:
+def execute(
+    fn_data: bytes,
+    load_args: Callable[[], tuple[Any, Any]],
+    mode: int,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None = None,
+    on_stuck: Callable[[], None] | None = None,
+) -> Any:
     """Run one task; return its value (a :class:`Batch` in batch modes) or raise _Failed.
 
     ``load_args()`` returns a fresh ``(args, kwargs)``; each retry of an item gets its
@@ -99,8 +106,9 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
                 break
             except _TimedOut as timed_out:  # final: a stuck task would most likely stick again
                 tb = timed_out.tb
-                raise _Failed(timed_out.error, tb.tb_next if tb else None,
-                              values if mode else None) from None
+                raise _Failed(
+                    timed_out.error, tb.tb_next if tb else None, values if mode else None
+                ) from None
             except (Exception, SystemExit) as exc:
                 if attempt < retries and isinstance(exc, retry_on):
                     attempt += 1
@@ -116,10 +124,16 @@ def execute(fn_data: bytes, load_args: Callable[[], tuple[Any, Any]], mode: int,
     return batch
 
 
-def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
-                retry_on: tuple[type[BaseException], ...], timeout: float | None = None,
-                on_stuck: Callable[[], None] | None = None,
-                inputs: bytes | Packed | None = None) -> Outcome:
+def run_pickled(
+    fn_data: bytes,
+    payload: bytes | Packed,
+    mode: int,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None = None,
+    on_stuck: Callable[[], None] | None = None,
+    inputs: bytes | Packed | None = None,
+) -> Outcome:
     """Run one task given as pickles; the outcome is packed too (never raises).
 
     Large buffers of the arguments arrive read-only (:func:`~unidist_api.data.load_input`);
@@ -130,8 +144,9 @@ def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int
     ``on_stuck`` (with a ``timeout``): called when an attempt cannot be interrupted
     (stuck in one C call); the local backend's ends the worker process.
     """
-    load_args = _arguments(payload, None if inputs is None else functools.partial(load_input,
-                                                                                  inputs))
+    load_args = _arguments(
+        payload, None if inputs is None else functools.partial(load_input, inputs)
+    )
     try:
         value = execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
@@ -142,10 +157,16 @@ def run_pickled(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int
         return dump_error(unpicklable_result(fn_data, value, exc), None)
 
 
-def run_native(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
-               retry_on: tuple[type[BaseException], ...], *inputs: bytes | Packed,
-               timeout: float | None = None,
-               on_stuck: Callable[[], None] | None = None) -> Any:
+def run_native(
+    fn_data: bytes,
+    payload: bytes | Packed,
+    mode: int,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    *inputs: bytes | Packed,
+    timeout: float | None = None,
+    on_stuck: Callable[[], None] | None = None,
+) -> Any:
     """Run one task for an engine with an object store (Ray, Dask).
 
     ``payload`` holds the packed arguments with :class:`Input` placeholders where the
@@ -156,8 +177,9 @@ def run_native(fn_data: bytes, payload: bytes | Packed, mode: int, retries: int,
     the task's own exception, carrying the traceback text and a batch's partial results
     for the caller (:func:`failure_details`).
     """
-    load_args = _arguments(payload, (lambda: [load_input(data) for data in inputs]) if inputs
-                           else None)
+    load_args = _arguments(
+        payload, (lambda: [load_input(data) for data in inputs]) if inputs else None
+    )
     try:
         return execute(fn_data, load_args, mode, retries, retry_on, timeout, on_stuck)
     except _Failed as failed:
@@ -177,8 +199,9 @@ class Input:
         return (Input, (self.index,))
 
 
-def _arguments(payload: bytes | Packed, load_values: Callable[[], Sequence[Any]] | None
-               ) -> Callable[[], tuple[Any, Any]]:
+def _arguments(
+    payload: bytes | Packed, load_values: Callable[[], Sequence[Any]] | None
+) -> Callable[[], tuple[Any, Any]]:
     """What loads one attempt's ``(args, kwargs)``: unpacked afresh (large buffers
     read-only), :class:`Input` placeholders filled with the input futures' values."""
 
@@ -256,8 +279,13 @@ def stuck_error(name: str, timeout: float) -> TaskTimeoutError:
     )
 
 
-def _timed_call(fn: Callable[..., Any], mode: int, item: Any, timeout: float,
-                on_stuck: Callable[[], None] | None) -> Any:
+def _timed_call(
+    fn: Callable[..., Any],
+    mode: int,
+    item: Any,
+    timeout: float,
+    on_stuck: Callable[[], None] | None,
+) -> Any:
     """``_call`` under a deadline: raises _TimedOut when the watchdog stopped it."""
     attempt = timeouts.arm(timeout, on_stuck)
     tb = None
@@ -408,8 +436,7 @@ def share_globals(fn: Any) -> Any:
 
 
 def _rebind(fn: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
-    new = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
-                             fn.__closure__)
+    new = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
     new.__kwdefaults__ = fn.__kwdefaults__
     new.__dict__.update(fn.__dict__)
     new.__qualname__ = fn.__qualname__

@@ -46,8 +46,9 @@ class Gate:
     those futures count as occupying slots.
     """
 
-    def __init__(self, slots: Callable[[], int],
-                 in_engine: Callable[[], Iterable[Future[Any]]]) -> None:
+    def __init__(
+        self, slots: Callable[[], int], in_engine: Callable[[], Iterable[Future[Any]]]
+    ) -> None:
         self._slots = slots
         self.slots = 1
         #: Set for good by the first task with a nonzero priority (read without the lock).
@@ -61,8 +62,9 @@ class Gate:
         self._inputs: dict[Future[Any], list[Any]] = {}  # waiting for their inputs first
         self._order = itertools.count()
 
-    def admit(self, future: Future[Any], priority: int, send: Send,
-              drop: Drop | None = None) -> None:
+    def admit(
+        self, future: Future[Any], priority: int, send: Send, drop: Drop | None = None
+    ) -> None:
         """Hand ``future``'s task to the engine now (``send()``) or when its turn comes.
 
         Before the gate engages, a task without priority goes straight through. ``drop``
@@ -88,8 +90,14 @@ class Gate:
         if now and not self._start(future, send):
             self._free()
 
-    def admit_when_ready(self, future: Future[Any], inputs: list[Future[Any]], priority: int,
-                         send: Send, drop: Drop | None = None) -> None:
+    def admit_when_ready(
+        self,
+        future: Future[Any],
+        inputs: list[Future[Any]],
+        priority: int,
+        send: Send,
+        drop: Drop | None = None,
+    ) -> None:
         """:meth:`admit` once the futures ``inputs`` are done: a task waiting for its inputs
         does not take a slot (on Ray and Dask, which would hold it until they are done; a
         slot held so by a task whose input waits here behind it would never free).

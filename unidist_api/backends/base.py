@@ -37,10 +37,22 @@ from ..sizes import DEFAULT_BUDGET
 from ..task import DEFAULT_OPTIONS, TaskOptions
 from ..worker import CALL, OK, InitializerFailed, Input, Outcome, failure_details
 
-__all__ = ["Backend", "Task", "complete", "resolve_arguments", "prepare_native",
-           "fail_from_engine", "positive_option", "check_listening",
-           "LOST_WORKER_RETRIES", "task_name", "worker_lost", "packed_value", "broken_error",
-           "hash_seed"]
+__all__ = [
+    "Backend",
+    "Task",
+    "complete",
+    "resolve_arguments",
+    "prepare_native",
+    "fail_from_engine",
+    "positive_option",
+    "check_listening",
+    "LOST_WORKER_RETRIES",
+    "task_name",
+    "worker_lost",
+    "packed_value",
+    "broken_error",
+    "hash_seed",
+]
 
 #: How often a task whose worker process died is run again before it fails with
 #: WorkerLostError, on every backend: Ray's and Dask's own default. Independent of the
@@ -100,9 +112,15 @@ class Backend(ABC):
     #: ``timeout``); without it, ``timeout`` is refused at submit rather than ignored.
     honours_timeout: ClassVar[bool] = False
 
-    def __init__(self, *, address: str | None, workers: int | None,
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                 options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        options: Mapping[str, Any],
+    ) -> None:
         unknown = sorted(set(options) - self.option_names - COMMON_OPTIONS)
         if unknown:
             accepted = ", ".join(sorted(self.option_names | COMMON_OPTIONS))
@@ -111,15 +129,17 @@ class Backend(ABC):
                 f"it accepts: {accepted}"
             )
         #: bytes ``map`` and ``pipeline`` may hold in the caller (docs/semantics.md)
-        self.memory_budget = int(positive_option(self.name, options, "memory_budget",
-                                                 DEFAULT_BUDGET, integer=True))
+        self.memory_budget = int(
+            positive_option(self.name, options, "memory_budget", DEFAULT_BUDGET, integer=True)
+        )
         self.address = address
         self.initializer = initializer
         self.initargs = initargs
         #: ``(initializer, initargs)`` pickled now, so an unpicklable one fails here.
         self.init_data = (
             dumps_value((initializer, initargs), "the initializer and its initargs")
-            if initializer is not None else None
+            if initializer is not None
+            else None
         )
         self.options = dict(options)
         self._workers = workers
@@ -211,13 +231,18 @@ class Backend(ABC):
         return broken_error(self.name, self.initializer, self.broken)
 
 
-def positive_option(backend: str, options: Mapping[str, Any], name: str, default: float, *,
-                    integer: bool = False) -> float:
+def positive_option(
+    backend: str, options: Mapping[str, Any], name: str, default: float, *, integer: bool = False
+) -> float:
     """A backend option that must be a positive (finite) number, or an integer."""
     value = options.get(name, default)
     kind = int if integer else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
-            or value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         wanted = "a positive integer" if integer else "a positive number of seconds"
         if name == "memory_budget":
             wanted = "a positive number of bytes (an int, e.g. 256 * 2**20)"
@@ -240,8 +265,9 @@ def check_listening(address: str, timeout: float, fix: str) -> None:
         raise ClusterConnectionError(f"cannot reach {address!r}: {exc}. {fix}") from exc
 
 
-def worker_lost(name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
-                ) -> WorkerLostError:
+def worker_lost(
+    name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
+) -> WorkerLostError:
     """The error for a task whose worker died ``lost`` times (``how``: the engine's word).
 
     ``limit``: how often a task is run again after a lost worker (a Dask cluster we
@@ -256,8 +282,9 @@ def worker_lost(name: str, lost: int, how: str, limit: int = LOST_WORKER_RETRIES
     )
 
 
-def broken_error(backend: str, initializer: Callable[..., Any] | None,
-                 cause: BaseException) -> BrokenExecutorError:
+def broken_error(
+    backend: str, initializer: Callable[..., Any] | None, cause: BaseException
+) -> BrokenExecutorError:
     """The error of an executor whose initializer raised ``cause``."""
     name = "?" if initializer is None else task_name(initializer)
     error = BrokenExecutorError(
@@ -284,8 +311,9 @@ def complete(future: Future[Any], outcome: Outcome) -> None:
         pass
 
 
-def resolve_arguments(task: Task, swap: Callable[[Future[Any]], Any]
-                      ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def resolve_arguments(
+    task: Task, swap: Callable[[Future[Any]], Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The task's arguments with every future replaced by ``swap(future)``.
 
     ``swap`` raises the future's exception when it failed, so a task whose input
@@ -296,8 +324,9 @@ def resolve_arguments(task: Task, swap: Callable[[Future[Any]], Any]
     return replace_futures(task.args, swap), replace_futures(task.kwargs, swap)
 
 
-def prepare_native(task: Task, functions: FunctionCache
-                   ) -> tuple[bytes, bytes | Packed, list[Future[Any]]]:
+def prepare_native(
+    task: Task, functions: FunctionCache
+) -> tuple[bytes, bytes | Packed, list[Future[Any]]]:
     """For engines with an object store: ``(fn_data, payload, inputs)`` of a task.
 
     The arguments are pickled here (so errors name the culprit at submit time) with an

@@ -28,11 +28,22 @@ class SerialBackend(Backend):
     name = "serial"
     honours_timeout = True
 
-    def __init__(self, *, address: str | None, workers: int | None,
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                 options: Mapping[str, Any]) -> None:
-        super().__init__(address=address, workers=workers, initializer=initializer,
-                         initargs=initargs, options=options)
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        options: Mapping[str, Any],
+    ) -> None:
+        super().__init__(
+            address=address,
+            workers=workers,
+            initializer=initializer,
+            initargs=initargs,
+            options=options,
+        )
         self._lock = threading.RLock()  # re-entrant: a task may submit to its own executor
         self._functions = FunctionCache()
         self._initialized = False
@@ -74,8 +85,9 @@ class SerialBackend(Backend):
             fn_data = self._functions.get(task.fn)
             payload = pack_arguments(task.fn, args, kwargs)
             options = task.options
-            outcome = run_pickled(fn_data, payload, task.mode, options.retries, options.retry_on,
-                                  options.timeout)
+            outcome = run_pickled(
+                fn_data, payload, task.mode, options.retries, options.retry_on, options.timeout
+            )
         complete(future, outcome)
         return future
 

@@ -15,8 +15,15 @@ import threading
 import time
 from collections.abc import Iterable
 
-__all__ = ["supported", "Sampler", "descendants", "alive", "describe", "kill",
-           "allowed_by_ancestry"]
+__all__ = [
+    "supported",
+    "Sampler",
+    "descendants",
+    "alive",
+    "describe",
+    "kill",
+    "allowed_by_ancestry",
+]
 
 Ident = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
@@ -111,8 +118,9 @@ class Sampler:
         self.every = every
         self.seen: dict[Ident, str] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name="unidist-api-leftover-sampler")
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name="unidist-api-leftover-sampler"
+        )
 
     def start(self) -> Sampler:
         self.sample()

@@ -28,27 +28,40 @@ DEFAULT_BACKENDS = "serial,local"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unidist-api")
     group.addoption(
-        "--ua-backends", default=DEFAULT_BACKENDS, metavar="NAMES",
+        "--ua-backends",
+        default=DEFAULT_BACKENDS,
+        metavar="NAMES",
         help=f"comma-separated backends for the ua_backend fixture (default {DEFAULT_BACKENDS})",
     )
     group.addoption(
-        "--ua-workers", default=None, type=int, metavar="N",
+        "--ua-workers",
+        default=None,
+        type=int,
+        metavar="N",
         help="workers of each backend started for the tests (default: the backend's own)",
     )
     group.addoption(
-        "--ua-check-leftovers", action="store_true", default=False,
+        "--ua-check-leftovers",
+        action="store_true",
+        default=False,
         help="fail the run if a process started during it is still alive at its end "
-             "(after the session's executors are shut down and a grace period; Linux)",
+        "(after the session's executors are shut down and a grace period; Linux)",
     )
     group.addoption(
-        "--ua-leftover-grace", default=30.0, type=float, metavar="SECONDS",
+        "--ua-leftover-grace",
+        default=30.0,
+        type=float,
+        metavar="SECONDS",
         help="how long processes get to exit before they count as left behind (default 30)",
     )
     group.addoption(
-        "--ua-end-timeout", default=300.0, type=float, metavar="SECONDS",
+        "--ua-end-timeout",
+        default=300.0,
+        type=float,
+        metavar="SECONDS",
         help="with --ua-check-leftovers: if the end of the run (executors shutting down, "
-             "the leftover check, interpreter exit) takes longer, print every thread's "
-             "stack and exit with status 1 instead of hanging (default 300)",
+        "the leftover check, interpreter exit) takes longer, print every thread's "
+        "stack and exit with status 1 instead of hanging (default 300)",
     )
 
 
@@ -67,8 +80,9 @@ def selected_backends(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "ua_backend" in metafunc.fixturenames:
-        excluded = {name for mark in metafunc.definition.iter_markers("ua_exclude")
-                    for name in mark.args}
+        excluded = {
+            name for mark in metafunc.definition.iter_markers("ua_exclude") for name in mark.args
+        }
         names = [name for name in selected_backends(metafunc.config) if name not in excluded]
         metafunc.parametrize("ua_backend", names, indirect=True, ids=names)
 
@@ -131,8 +145,10 @@ _FOUND_KEY = pytest.StashKey[list[str]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "ua_exclude(*backends, reason): the test does not apply to these backends; "
-        "it is not generated for them (rather than skipped at run time)")
+        "markers",
+        "ua_exclude(*backends, reason): the test does not apply to these backends; "
+        "it is not generated for them (rather than skipped at run time)",
+    )
     if config.getoption("ua_check_leftovers") and leftovers.supported():
         before = set(leftovers.descendants())
         config.stash[_SESSION_KEY] = (before, leftovers.Sampler().start())
@@ -168,7 +184,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.line(
             f"{len(found)} process(es) started during this run were still alive "
             f"{terminalreporter.config.getoption('ua_leftover_grace')} s after it ended "
-            "(now killed); whatever started them did not stop them:", red=True,
+            "(now killed); whatever started them did not stop them:",
+            red=True,
         )
         for line in found:
             terminalreporter.line(f"  {line}")
@@ -200,8 +217,11 @@ def ua_no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     left: list[leftovers.Ident] = []
     deadline = grace
     for _ in range(2):  # once to let them go, once more for replacements to appear
-        left = [ident for ident in leftovers.wait_gone(new, deadline)
-                if not leftovers.allowed_by_ancestry(ident, before)]
+        left = [
+            ident
+            for ident in leftovers.wait_gone(new, deadline)
+            if not leftovers.allowed_by_ancestry(ident, before)
+        ]
         replaced = sum(1 for ident in before if not leftovers.alive(ident))
         if len(left) <= replaced:
             return

@@ -91,26 +91,39 @@ class DaskBackend(Backend):
     fetches = True
     option_names = frozenset({"connect_timeout", "threads_per_worker"})
 
-    def __init__(self, *, address: str | None, workers: int | None,
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                 options: Mapping[str, Any]) -> None:
-        super().__init__(address=address, workers=workers, initializer=initializer,
-                         initargs=initargs, options=options)
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        options: Mapping[str, Any],
+    ) -> None:
+        super().__init__(
+            address=address,
+            workers=workers,
+            initializer=initializer,
+            initargs=initargs,
+            options=options,
+        )
         self.address = address or dask.config.get("scheduler-address", None)
-        self._connect_timeout = positive_option("dask", options, "connect_timeout",
-                                                DEFAULT_CONNECT_TIMEOUT)
-        self._threads = int(positive_option("dask", options, "threads_per_worker", 1,
-                                            integer=True))
+        self._connect_timeout = positive_option(
+            "dask", options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT
+        )
+        self._threads = int(positive_option("dask", options, "threads_per_worker", 1, integer=True))
         self._lock = threading.Lock()
         self._client: Client | None = None
         self._cluster: EmbeddedCluster | None = None  # the embedded cluster we use, if any
         self._plugin: str | None = None  # our initializer's plugin name
         self._closed = False
         self._threads_seen = 0  # worker threads of a running cluster, when last asked
-        embedded = (embedded_resources(self._workers or os.cpu_count() or 1, self._threads)
-                    if self.address is None else None)
-        self._offers = Offers(embedded,
-                              lambda: self._get_client().scheduler_info(n_workers=-1))
+        embedded = (
+            embedded_resources(self._workers or os.cpu_count() or 1, self._threads)
+            if self.address is None
+            else None
+        )
+        self._offers = Offers(embedded, lambda: self._get_client().scheduler_info(n_workers=-1))
         self._functions = FunctionCache()
         self._key_prefix = uuid.uuid4().hex[:20]  # task keys: this, then a counter
         self._key_count = itertools.count()
@@ -151,14 +164,24 @@ class DaskBackend(Backend):
         priority = task.options.priority
         if self._gate.engaged or priority:  # admitted by priority (backends/admission.py)
             self._gate.admit_when_ready(
-                future, inputs, priority,
-                functools.partial(self._send, client, future, task, fn_data, wire, inputs))
+                future,
+                inputs,
+                priority,
+                functools.partial(self._send, client, future, task, fn_data, wire, inputs),
+            )
         else:
             self._send(client, future, task, fn_data, wire, inputs)
         return future
 
-    def _send(self, client: Client, future: Future[Any], task: Task, fn_data: bytes,
-              wire: Any, inputs: list[Future[Any]]) -> None:
+    def _send(
+        self,
+        client: Client,
+        future: Future[Any],
+        task: Task,
+        fn_data: bytes,
+        wire: Any,
+        inputs: list[Future[Any]],
+    ) -> None:
         """Hand the task to Dask (``fifo_timeout=0``: equal priorities keep submission order,
         on the scheduler's queue and on a worker's, which would otherwise run the tasks of
         one 100 ms window newest first)."""
@@ -172,10 +195,19 @@ class DaskBackend(Backend):
             completion.unfinished[key] = future
         try:
             handle = client.submit(
-                run, fn_data, wire, task.mode, options.retries, _retry_on(options),
-                options.timeout, *[self._input(dep) for dep in inputs], key=key, pure=False,
+                run,
+                fn_data,
+                wire,
+                task.mode,
+                options.retries,
+                _retry_on(options),
+                options.timeout,
+                *[self._input(dep) for dep in inputs],
+                key=key,
+                pure=False,
                 resources=None if options is DEFAULT_OPTIONS else resource_request(options),
-                priority=options.priority, fifo_timeout=0,
+                priority=options.priority,
+                fifo_timeout=0,
             )
         except BaseException:
             with completion.lock:
@@ -218,8 +250,11 @@ class DaskBackend(Backend):
 
     def running(self, future: Future[Any]) -> bool:
         handle: DaskFuture[Any] | None = future.handle
-        return (handle is not None and handle.status == "pending"
-                and bool(started(self._client, [handle])))
+        return (
+            handle is not None
+            and handle.status == "pending"
+            and bool(started(self._client, [handle]))
+        )
 
     def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Wait for ``futures``; bring over the values not read yet in one ``client.gather``.
@@ -270,9 +305,12 @@ class DaskBackend(Backend):
         threads = sum(worker["nthreads"] for worker in workers)
         resources = sorted({describe_resources(worker["resources"]) for worker in workers})
         where = self.address or f"embedded LocalCluster at {info['address']}"
-        return {"address": where, "workers": self.workers,
-                "worker processes": f"{len(workers)} ({threads} threads)",
-                "worker resources": "; ".join(resources) or "none declared"}
+        return {
+            "address": where,
+            "workers": self.workers,
+            "worker processes": f"{len(workers)} ({threads} threads)",
+            "worker resources": "; ".join(resources) or "none declared",
+        }
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -286,8 +324,9 @@ class DaskBackend(Backend):
             self._drain_and_close()
         else:
             self._gate.flush()
-            threading.Thread(target=self._drain_and_close, daemon=True,
-                             name="unidist-api-dask-shutdown").start()
+            threading.Thread(
+                target=self._drain_and_close, daemon=True, name="unidist-api-dask-shutdown"
+            ).start()
 
     # -- starting ----------------------------------------------------------------------------
     def _get_client(self) -> Client:
@@ -317,8 +356,11 @@ class DaskBackend(Backend):
             if self.address is not None:
                 client = connect(self.address, self._connect_timeout)
             else:
-                self._cluster = EmbeddedCluster.acquire(self._workers or os.cpu_count() or 1,
-                                                 self._threads, private=self.init_data is not None)
+                self._cluster = EmbeddedCluster.acquire(
+                    self._workers or os.cpu_count() or 1,
+                    self._threads,
+                    private=self.init_data is not None,
+                )
                 client = Client(self._cluster.cluster, set_as_default=False)
                 client.register_plugin(QuietTaskFailures())
             if self.init_data is not None:
@@ -360,8 +402,11 @@ class DaskBackend(Backend):
     def _fetch_unread(self) -> None:
         """Bring values nobody has read yet to this process, before the cluster goes away."""
         with self._completion.lock:
-            unread = [result for result in self._completion.unread.values()
-                      if result.unread and not result.put]
+            unread = [
+                result
+                for result in self._completion.unread.values()
+                if result.unread and not result.put
+            ]
         client = self._client
         if client is None or not unread:
             return
@@ -383,9 +428,12 @@ class DaskBackend(Backend):
         _untrack(self)
         for future in self._completion.close():
             try:
-                future.set_exception(ExecutorShutdownError(
-                    "the executor was shut down (or the program ended) before this task finished"
-                ))
+                future.set_exception(
+                    ExecutorShutdownError(
+                        "the executor was shut down (or the program ended) before this task "
+                        "finished"
+                    )
+                )
             except cf.InvalidStateError:
                 pass
         if client is not None and cluster is None and self._plugin is not None:

@@ -34,8 +34,9 @@ from .complete import Completion
 __all__ = ["cancel_unstarted", "cancel_unfinished", "started"]
 
 
-def cancel_unstarted(client: Client | None, completion: Completion,
-                     handles: list[DaskFuture[Any]]) -> set[Key]:
+def cancel_unstarted(
+    client: Client | None, completion: Completion, handles: list[DaskFuture[Any]]
+) -> set[Key]:
     """Cancel those of these tasks no worker has been given; the keys of those cancelled,
     whose done callbacks then cancel our futures (``completion`` notes them first)."""
     if client is None or not handles:
@@ -57,8 +58,7 @@ def cancel_unstarted(client: Client | None, completion: Completion,
 def cancel_unfinished(client: Client | None, completion: Completion) -> None:
     """``shutdown(cancel_futures=True)``: cancel every task not handed to a worker yet."""
     with completion.lock:  # those still in client.submit have no handle yet: they run
-        futures = [future for future in completion.unfinished.values()
-                   if future.handle is not None]
+        futures = [future for future in completion.unfinished.values() if future.handle is not None]
     cancelled = cancel_unstarted(client, completion, [future.handle for future in futures])
     for future in futures:
         if future.handle.key in cancelled:
@@ -77,15 +77,21 @@ def started(client: Client | None, handles: Iterable[DaskFuture[Any]]) -> set[Da
 
 
 def _canceller() -> Callable[..., list[Any]]:
-    def cancel_if_unstarted(keys: list[Any], client: str,
-                            dask_scheduler: Any = None) -> list[Any]:
+    def cancel_if_unstarted(keys: list[Any], client: str, dask_scheduler: Any = None) -> list[Any]:
         tasks = dask_scheduler.tasks
-        unstarted = [key for key in keys if key in tasks
-                     and tasks[key].state in ("released", "waiting", "queued", "no-worker")]
+        unstarted = [
+            key
+            for key in keys
+            if key in tasks and tasks[key].state in ("released", "waiting", "queued", "no-worker")
+        ]
         if unstarted:
-            dask_scheduler.stimulus_cancel(unstarted, client, force=False,
-                                           reason="cancelled by unidist-api",
-                                           msg="the caller cancelled it before it started")
+            dask_scheduler.stimulus_cancel(
+                unstarted,
+                client,
+                force=False,
+                reason="cancelled by unidist-api",
+                msg="the caller cancelled it before it started",
+            )
         return unstarted
 
     return cancel_if_unstarted

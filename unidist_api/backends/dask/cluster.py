@@ -55,15 +55,25 @@ class EmbeddedCluster:
         self.users = 0
         self.workers = workers
         _keep_main_out_of_workers()
-        worker = {"cls": Nanny, "options": {
-            "nthreads": threads, "host": "127.0.0.1", "dashboard": False,
-            "dashboard_address": None, "memory_limit": int(self.resources["MEMORY"]),
-            "resources": self.resources, "silence_logs": logging.WARNING,
-        }}
+        worker = {
+            "cls": Nanny,
+            "options": {
+                "nthreads": threads,
+                "host": "127.0.0.1",
+                "dashboard": False,
+                "dashboard_address": None,
+                "memory_limit": int(self.resources["MEMORY"]),
+                "resources": self.resources,
+                "silence_logs": logging.WARNING,
+            },
+        }
         self.cluster = SpecCluster(  # what LocalCluster builds, the scheduler outside
-            scheduler={"cls": SchedulerProcess,
-                       "options": {"allowed_failures": LOST_WORKER_RETRIES}},
-            workers={i: worker for i in range(workers)}, worker=worker,
+            scheduler={
+                "cls": SchedulerProcess,
+                "options": {"allowed_failures": LOST_WORKER_RETRIES},
+            },
+            workers={i: worker for i in range(workers)},
+            worker=worker,
             silence_logs=logging.WARNING,
         )
         self.healed = 0  # nannies started again after Dask closed them

@@ -70,8 +70,12 @@ class Completion:
         for op in _REPORTS:
             handlers[op] = functools.partial(self._on_report, op, handlers[op])
         completions: queue.SimpleQueue[list[Key] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._complete_loop, args=(completions,), daemon=True,
-                         name="unidist-api-dask-completion").start()
+        threading.Thread(
+            target=self._complete_loop,
+            args=(completions,),
+            daemon=True,
+            name="unidist-api-dask-completion",
+        ).start()
         self._completions = completions
 
     def submitted(self, future: Future[Any], handle: DaskFuture[Any]) -> None:
@@ -82,8 +86,7 @@ class Completion:
         elif handle.status != "pending":  # reported before it had its handle: once more
             completions.put([handle.key])
 
-    def _on_report(self, op: str, handler: Callable[..., Any], /, *args: Any,
-                   **kwargs: Any) -> Any:
+    def _on_report(self, op: str, handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Dask's handler of one report (on the event loop), then note our keys in it."""
         result = handler(*args, **kwargs)
         try:
@@ -130,8 +133,7 @@ class Completion:
                 # thread waits: Dask releases a task's value when its last future goes
                 self._complete_reported(keys, sweep)
             except Exception:  # keep completing the others
-                logging.getLogger(__name__).warning("completing dask futures failed",
-                                                    exc_info=True)
+                logging.getLogger(__name__).warning("completing dask futures failed", exc_info=True)
             if sweep:
                 swept = time.monotonic()
 

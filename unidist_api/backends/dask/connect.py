@@ -28,12 +28,12 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 def connect(address: str, timeout: float) -> Client:
     """A client of the scheduler at ``address``, or ClusterConnectionError within ``timeout``."""
     deadline = time.monotonic() + timeout
-    check_listening(address, timeout,
-                    "Check that the Dask scheduler runs (`dask scheduler`) and the address")
+    check_listening(
+        address, timeout, "Check that the Dask scheduler runs (`dask scheduler`) and the address"
+    )
     _probe_scheduler(address, timeout)
     try:
-        return Client(address, timeout=max(1.0, deadline - time.monotonic()),
-                      set_as_default=False)
+        return Client(address, timeout=max(1.0, deadline - time.monotonic()), set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         _close_half_made_client(exc)
         if isinstance(exc, ValueError):
@@ -50,8 +50,10 @@ def _malformed(address: str, exc: BaseException) -> str:
     hint = ""
     if address.startswith("ray://") or address == "auto":
         hint = " (it looks like a Ray address: use the ray backend for it)"
-    return (f"{address!r} is not a Dask scheduler address{hint} ({exc}); expected "
-            "'tcp://host:port' (the scheduler's port, 8786 by default)")
+    return (
+        f"{address!r} is not a Dask scheduler address{hint} ({exc}); expected "
+        "'tcp://host:port' (the scheduler's port, 8786 by default)"
+    )
 
 
 def _probe_scheduler(address: str, timeout: float) -> None:
@@ -74,8 +76,9 @@ def _probe_scheduler(address: str, timeout: float) -> None:
         return  # inproc, ucx, ws...: left to Client
 
     async def identity() -> Any:
-        comm = await comm_connect(address, timeout=timeout,
-                                  **Security().get_connection_args("client"))
+        comm = await comm_connect(
+            address, timeout=timeout, **Security().get_connection_args("client")
+        )
         try:
             await comm.write({"op": "identity", "n_workers": 0, "reply": True})
             return await comm.read()
@@ -99,15 +102,19 @@ def _probe_scheduler(address: str, timeout: float) -> None:
     if isinstance(answer, ValueError):
         raise ClusterConnectionError(_malformed(address, answer)) from answer
     if isinstance(answer, (TimeoutError, asyncio.TimeoutError)):
-        problem = ("something listens there but did not answer as a Dask scheduler within "
-                   f"{timeout:g} s")
+        problem = (
+            f"something listens there but did not answer as a Dask scheduler within {timeout:g} s"
+        )
     elif isinstance(answer, BaseException):
         problem = f"something listens there but is not a Dask scheduler ({answer!r})"
     else:
         kind = answer.get("type") if isinstance(answer, dict) else None
-        problem = (f"a Dask {kind} answers there, not a scheduler" if kind
-                   else "something answers Dask's protocol there, but not as a scheduler "
-                   "(a worker's address?)")
+        problem = (
+            f"a Dask {kind} answers there, not a scheduler"
+            if kind
+            else "something answers Dask's protocol there, but not as a scheduler "
+            "(a worker's address?)"
+        )
     error = ClusterConnectionError(
         f"cannot connect to a Dask scheduler at {address!r}: {problem}. Check the address "
         "(the scheduler's port, 8786 by default; a Ray address goes to the ray backend), "

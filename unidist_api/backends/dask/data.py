@@ -50,8 +50,18 @@ from ...serialization import pack_value
 from ...worker import unpicklable_result
 from .errors import engine_error
 
-__all__ = ["DaskPacked", "Blob", "for_graph", "Wire", "pack_result", "pack_put", "load",
-           "Result", "gather", "FAILED"]
+__all__ = [
+    "DaskPacked",
+    "Blob",
+    "for_graph",
+    "Wire",
+    "pack_result",
+    "pack_put",
+    "load",
+    "Result",
+    "gather",
+    "FAILED",
+]
 
 Wire: TypeAlias = "bytes | Packed"
 """A packed value as it travels: one pickle, or a pickle and its large buffers."""
@@ -176,8 +186,10 @@ def gather(client: Client, handles: list[DaskFuture[Any]]) -> list[Any] | None:
         return None
     failed = ("error", "cancelled")
     try:
-        return [FAILED if handle.status in failed or index not in found
-                else load(found[index]) for index, handle in enumerate(handles)]
+        return [
+            FAILED if handle.status in failed or index not in found else load(found[index])
+            for index, handle in enumerate(handles)
+        ]
     except Exception:  # e.g. a value of a class this process cannot import
         return None
 

@@ -53,8 +53,9 @@ def _exception_of(handle: DaskFuture[Any]) -> BaseException:
     return cf.CancelledError()
 
 
-def engine_error(exc: BaseException, handle: DaskFuture[Any], *,
-                 reading: bool) -> BaseException | None:
+def engine_error(
+    exc: BaseException, handle: DaskFuture[Any], *, reading: bool
+) -> BaseException | None:
     """Our error for a failure of Dask itself (Dask's as its cause); None for the task's own.
 
     ``reading``: the task had finished, and fetching its value failed.
@@ -63,7 +64,8 @@ def engine_error(exc: BaseException, handle: DaskFuture[Any], *,
     closed = handle.client.status in ("closing", "closed")
     if isinstance(exc, KilledWorker):
         error = worker_lost(
-            str(exc.task).rpartition("-")[0] or str(exc.task), exc.allowed_failures + 1,
+            str(exc.task).rpartition("-")[0] or str(exc.task),
+            exc.allowed_failures + 1,
             "dask: KilledWorker; the cluster's distributed.scheduler.allowed-failures",
             limit=exc.allowed_failures,
         )

@@ -39,8 +39,9 @@ def resource_request(options: TaskOptions) -> dict[str, float] | None:
         request["GPU"] = options.gpus
     if options.memory is not None:
         request["MEMORY"] = options.memory
-    request.update({name: amount for name, amount in (options.resources or {}).items()
-                    if amount > 0})
+    request.update(
+        {name: amount for name, amount in (options.resources or {}).items() if amount > 0}
+    )
     return request or None
 
 
@@ -51,8 +52,10 @@ def _covers(offer: Mapping[str, float], request: Mapping[str, float]) -> bool:
 def describe_resources(resources: Mapping[str, float]) -> str:
     if not resources:
         return "no resources"
-    return ", ".join(f"{name}={format_bytes(int(amount)) if name == 'MEMORY' else f'{amount:g}'}"
-                     for name, amount in sorted(resources.items()))
+    return ", ".join(
+        f"{name}={format_bytes(int(amount)) if name == 'MEMORY' else f'{amount:g}'}"
+        for name, amount in sorted(resources.items())
+    )
 
 
 class Offers:
@@ -62,8 +65,9 @@ class Offers:
     the cluster); None for a running cluster, asked through ``scheduler_info``.
     """
 
-    def __init__(self, embedded: Mapping[str, float] | None,
-                 scheduler_info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, embedded: Mapping[str, float] | None, scheduler_info: Callable[[], dict[str, Any]]
+    ) -> None:
         self._embedded = embedded
         self._scheduler_info = scheduler_info
         # (when, resources of each worker) of a running cluster, when last asked
@@ -75,9 +79,12 @@ class Offers:
             offers = self._offers(max_age)
             if not offers or any(_covers(offer, request) for offer in offers):
                 return
-        hint = ("the embedded cluster's CPU is the threads_per_worker option; other "
-                "resources need a cluster whose workers declare them, "
-                if self._embedded is not None else "or start workers that declare them, ")
+        hint = (
+            "the embedded cluster's CPU is the threads_per_worker option; other "
+            "resources need a cluster whose workers declare them, "
+            if self._embedded is not None
+            else "or start workers that declare them, "
+        )
         raise UnsupportedOptionError(
             f"the task asks for {describe_resources(request)} (cpus -> CPU, gpus -> GPU, "
             f"memory -> MEMORY, plus its resources), but no worker of the Dask cluster "

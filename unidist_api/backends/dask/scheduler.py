@@ -43,9 +43,13 @@ class SchedulerProcess(ProcessInterface):
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", f"from {__name__} import main; main()", str(os.getpid()),
+            sys.executable,
+            "-c",
+            f"from {__name__} import main; main()",
+            str(os.getpid()),
             str(self.allowed_failures),
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         assert self.process.stdout is not None
         try:
@@ -55,8 +59,10 @@ class SchedulerProcess(ProcessInterface):
         address = line.decode().strip()
         if not address.startswith("tcp://"):
             await self.close()
-            raise RuntimeError("dask: the embedded cluster's scheduler did not start "
-                               f"(its process said {address!r}; its errors are above)")
+            raise RuntimeError(
+                "dask: the embedded cluster's scheduler did not start "
+                f"(its process said {address!r}; its errors are above)"
+            )
         self.address = address
         await super().start()
 
@@ -72,15 +78,19 @@ async def _serve(parent: int, allowed_failures: int) -> None:
     from distributed import Scheduler
     from distributed.core import Status
 
-    scheduler = Scheduler(host="127.0.0.1", port=0, dashboard=False,
-                          dashboard_address="127.0.0.1:0", allowed_failures=allowed_failures)
+    scheduler = Scheduler(
+        host="127.0.0.1",
+        port=0,
+        dashboard=False,
+        dashboard_address="127.0.0.1:0",
+        allowed_failures=allowed_failures,
+    )
     await scheduler
     print(scheduler.address, flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from now on:
     # anything printed later (code run on the scheduler) goes where its warnings go
     try:
-        while os.getppid() == parent and scheduler.status not in (Status.closing,
-                                                                    Status.closed):
+        while os.getppid() == parent and scheduler.status not in (Status.closing, Status.closed):
             await asyncio.sleep(_PARENT_CHECK)
     finally:
         await scheduler.close()
@@ -93,4 +103,3 @@ def main() -> None:
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     asyncio.run(_serve(parent, allowed_failures))
-

@@ -42,14 +42,14 @@ class StuckTasks:
         self._restarting: list[threading.Thread] = []  # replacing workers with a stuck task
         self._timeouts = False  # a task with a timeout was submitted (see _dependents)
 
-    def note(self, future: Future[Any], timeout: float | None, inputs: list[Future[Any]]
-             ) -> None:
+    def note(self, future: Future[Any], timeout: float | None, inputs: list[Future[Any]]) -> None:
         """At submit: remember which of ``future``'s inputs may get stuck, if any may."""
         if timeout is not None or (inputs and self._timeouts and _after_timeout(inputs)):
             self._timeouts = True
             # a stuck task is cancelled in Dask, and with it these: see _stop
-            future._timed_inputs = [dep.handle.key for dep in inputs  # type: ignore[attr-defined]
-                                    if hasattr(dep, "_timed_inputs")]
+            future._timed_inputs = [  # type: ignore[attr-defined]
+                dep.handle.key for dep in inputs if hasattr(dep, "_timed_inputs")
+            ]
 
     def on_stuck(self, event: tuple[float, dict[str, Any]]) -> None:
         """A worker reports a task past its timeout that its thread could not stop.
@@ -60,8 +60,12 @@ class StuckTasks:
         report = event[1]
         future = self._completion.unfinished.get(report["key"])
         if future is not None:
-            thread = threading.Thread(target=self._stop, args=(future, report),
-                                      daemon=True, name="unidist-api-dask-timeout")
+            thread = threading.Thread(
+                target=self._stop,
+                args=(future, report),
+                daemon=True,
+                name="unidist-api-dask-timeout",
+            )
             self._restarting = [t for t in self._restarting if t.is_alive()] + [thread]
             thread.start()
 
@@ -103,14 +107,14 @@ class StuckTasks:
             # it, leaving the cluster without workers.)
             client.run(exit_worker, workers=[report["worker"]], wait=False)
         except Exception:  # closed meanwhile, or the worker is gone already
-            logging.getLogger(__name__).debug("restarting a stuck worker failed",
-                                              exc_info=True)
+            logging.getLogger(__name__).debug("restarting a stuck worker failed", exc_info=True)
 
     def _dependents(self, key: Key) -> list[Future[Any]]:
         """Our unfinished futures whose tasks need ``key``'s value, directly or not."""
         with self._completion.lock:
-            candidates = {k: f for k, f in self._completion.unfinished.items()
-                          if hasattr(f, "_timed_inputs")}
+            candidates = {
+                k: f for k, f in self._completion.unfinished.items() if hasattr(f, "_timed_inputs")
+            }
         found: set[Key] = {key}
         grown = True
         while grown:

@@ -38,16 +38,23 @@ __all__ = ["run", "exit_worker", "Initializer", "QuietTaskFailures", "STUCK_TOPI
 STUCK_TOPIC = "unidist-api-stuck-task"  # workers report there a timed-out task they cannot stop
 
 
-def run(fn_data: bytes, payload: Wire | Blob, mode: int, retries: int,
-        retry_on: tuple[type[BaseException], ...], timeout: float | None,
-        *inputs: Wire) -> Wire:
+def run(
+    fn_data: bytes,
+    payload: Wire | Blob,
+    mode: int,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None,
+    *inputs: Wire,
+) -> Wire:
     """Run one task on a Dask worker; its value is packed here (large buffers as frames)."""
     on_stuck = None if timeout is None else stuck_reporter(fn_data, timeout)
     # large arguments come in a frame of their own (a Blob): pickle reads the view as is
     arguments = payload.data if isinstance(payload, Blob) else payload
     try:
-        value = run_native(fn_data, arguments, mode, retries, retry_on, *inputs,
-                           timeout=timeout, on_stuck=on_stuck)
+        value = run_native(
+            fn_data, arguments, mode, retries, retry_on, *inputs, timeout=timeout, on_stuck=on_stuck
+        )
     except BaseException as exc:
         # run_native raises from inside its handler, so the exception's __context__ leads
         # back to itself; Dask pickles contexts (tblib) and would recurse forever.
@@ -69,8 +76,10 @@ def stuck_reporter(fn_data: bytes, timeout: float) -> Callable[[], None]:
     name = getattr(load_function(fn_data), "__qualname__", None) or str(key)
 
     def report() -> None:
-        worker.log_event(STUCK_TOPIC, {"key": key, "worker": worker.address,
-                                       "message": timeout_message(name, timeout)})
+        worker.log_event(
+            STUCK_TOPIC,
+            {"key": key, "worker": worker.address, "message": timeout_message(name, timeout)},
+        )
 
     return report
 
@@ -92,8 +101,7 @@ class Initializer(WorkerPlugin):
     async def setup(self, worker: Worker) -> None:
         # in the thread that runs the tasks, so the worker answers its scheduler meanwhile
         executor = worker.executors["default"]
-        await asyncio.get_running_loop().run_in_executor(executor, run_initializer,
-                                                         self.init_data)
+        await asyncio.get_running_loop().run_in_executor(executor, run_initializer, self.init_data)
 
 
 class QuietTaskFailures(WorkerPlugin):

@@ -50,11 +50,22 @@ class LocalBackend(Backend):
     honours_timeout = True
     option_names = frozenset({"env"})  # env: environment variables set in every worker
 
-    def __init__(self, *, address: str | None, workers: int | None,
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                 options: Mapping[str, Any]) -> None:
-        super().__init__(address=address, workers=workers, initializer=initializer,
-                         initargs=initargs, options=options)
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        options: Mapping[str, Any],
+    ) -> None:
+        super().__init__(
+            address=address,
+            workers=workers,
+            initializer=initializer,
+            initargs=initargs,
+            options=options,
+        )
         self._lock = threading.Lock()
         self._pool: Any = None
         self._broken = False  # set when a worker died; the pool is replaced on next submit
@@ -90,8 +101,9 @@ class LocalBackend(Backend):
                     self._broken = False
                 if self.init_data is not None and self._init_note is None:
                     self._init_note = self._stuck.path()
-                self._pool = pools.new_pool(self.workers, self.init_data,
-                                            self.options.get("env"), self._init_note)
+                self._pool = pools.new_pool(
+                    self.workers, self.init_data, self.options.get("env"), self._init_note
+                )
             return self._pool
 
     def _get_store(self) -> Store | None:
@@ -188,9 +200,12 @@ class LocalBackend(Backend):
     # -- sending a call ------------------------------------------------------------------
     def _admit(self, future: Future[Any], call: _Pickled) -> None:
         """Through the gate: sent now, or when a slot frees and its priority is the highest."""
-        self._gate.admit(future, call.task.options.priority,
-                         functools.partial(self._dispatch, future, call),
-                         functools.partial(self._release, call.held))
+        self._gate.admit(
+            future,
+            call.task.options.priority,
+            functools.partial(self._dispatch, future, call),
+            functools.partial(self._release, call.held),
+        )
 
     def _in_engine(self) -> list[Future[Any]]:
         """The unfinished futures whose tasks are in the pool (for the gate)."""
@@ -237,9 +252,22 @@ class LocalBackend(Backend):
             return
         options = task.options
         stuck = None if options.timeout is None else self._stuck.path()
-        sent = Call(task.fn, (call.fn_data, call.payload, task.mode, options.retries,
-                              options.retry_on, options.timeout, stuck, inputs),
-                    held, stuck, options.timeout)
+        sent = Call(
+            task.fn,
+            (
+                call.fn_data,
+                call.payload,
+                task.mode,
+                options.retries,
+                options.retry_on,
+                options.timeout,
+                stuck,
+                inputs,
+            ),
+            held,
+            stuck,
+            options.timeout,
+        )
         self._send(future, sent)
         if not self._stopped_at_exit:  # after loky's first submit, which registers loky's hook
             self._stopped_at_exit = True
@@ -419,9 +447,11 @@ class LocalBackend(Backend):
                     ready_queue.put((future, call))
                 elif not future.done():  # shut down (wait=False) before its inputs were done
                     self._release(call.held)
-                    future.set_exception(ExecutorShutdownError(
-                        "the executor was shut down before this task's input futures finished"
-                    ))
+                    future.set_exception(
+                        ExecutorShutdownError(
+                            "the executor was shut down before this task's input futures finished"
+                        )
+                    )
 
         self._get_ready_queue()
         for dep in pending:
@@ -431,8 +461,12 @@ class LocalBackend(Backend):
         with self._lock:
             if self._ready is None:
                 self._ready = queue.SimpleQueue()
-                threading.Thread(target=self._dispatch_loop, args=(self._ready,), daemon=True,
-                                 name="unidist-api-local-dispatch").start()
+                threading.Thread(
+                    target=self._dispatch_loop,
+                    args=(self._ready,),
+                    daemon=True,
+                    name="unidist-api-local-dispatch",
+                ).start()
             return self._ready
 
     def _dispatch_loop(self, ready: queue.SimpleQueue[tuple[Future[Any], _Pickled] | None]) -> None:
@@ -454,7 +488,13 @@ class _Pickled:
 
     __slots__ = ("task", "fn_data", "payload", "inputs", "held")
 
-    def __init__(self, task: Task, fn_data: bytes, payload: bytes | Packed | str,
-                 inputs: list[Future[Any]], held: list[str]) -> None:
+    def __init__(
+        self,
+        task: Task,
+        fn_data: bytes,
+        payload: bytes | Packed | str,
+        inputs: list[Future[Any]],
+        held: list[str],
+    ) -> None:
         self.task, self.fn_data, self.payload = task, fn_data, payload
         self.inputs, self.held = inputs, held

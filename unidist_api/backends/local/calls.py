@@ -30,8 +30,14 @@ class Call:
 
     __slots__ = ("fn", "args", "held", "lost", "stuck", "timeout", "result")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], held: list[str],
-                 stuck: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        held: list[str],
+        stuck: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.fn = fn  # for the error's task name
         self.args = args  # run_call's arguments, but the result path
         self.held = held  # shared files the task reads, released when it finishes
@@ -84,8 +90,9 @@ def pool_failure(exc: BaseException, call: Call) -> BaseException:
         stopped.__cause__ = exc
         return stopped
     if is_broken(exc):
-        lost = worker_lost(task_name(call.fn), call.lost,
-                           f"local: the pool broke, {type(exc).__name__}")
+        lost = worker_lost(
+            task_name(call.fn), call.lost, f"local: the pool broke, {type(exc).__name__}"
+        )
         lost.__cause__ = exc
         return lost
     return exc

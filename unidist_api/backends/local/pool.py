@@ -24,14 +24,28 @@ from .worker import start_worker
 if TYPE_CHECKING:
     from .backend import LocalBackend
 
-__all__ = ["new_pool", "worker_env", "is_broken", "stop_at_exit", "forget", "finishing",
-           "LostResults", "THREAD_VARS"]
+__all__ = [
+    "new_pool",
+    "worker_env",
+    "is_broken",
+    "stop_at_exit",
+    "forget",
+    "finishing",
+    "LostResults",
+    "THREAD_VARS",
+]
 
 #: Environment variables that size native thread pools; each worker gets
 #: ``cpu_count // workers`` unless the caller's environment or the ``env`` option says.
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def worker_env(workers: int, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -44,15 +58,21 @@ def worker_env(workers: int, env: Mapping[str, str] | None) -> dict[str, str]:
     return found
 
 
-
-def new_pool(workers: int, init_data: bytes | None, env: Mapping[str, str] | None,
-             init_note: str | None = None) -> Any:
+def new_pool(
+    workers: int,
+    init_data: bytes | None,
+    env: Mapping[str, str] | None,
+    init_note: str | None = None,
+) -> Any:
     """A loky pool; ``init_note``: where a worker whose initializer fails leaves a note."""
     import loky  # deferred: loky is imported when the backend is first used
 
-    return loky.ProcessPoolExecutor(max_workers=workers, initializer=start_worker,
-                                    initargs=(os.getpid(), init_data, init_note),
-                                    env=worker_env(workers, env))
+    return loky.ProcessPoolExecutor(
+        max_workers=workers,
+        initializer=start_worker,
+        initargs=(os.getpid(), init_data, init_note),
+        env=worker_env(workers, env),
+    )
 
 
 def is_broken(exc: BaseException) -> bool:
@@ -98,8 +118,12 @@ class LostResults:
             if entry is None:
                 pids = [p.pid for p in list(getattr(pool, "_processes", {}).values())]
                 entry = self._pending[id(pool)] = (pool, [])
-                threading.Thread(target=self._sweep, args=(id(pool), pids), daemon=True,
-                                 name="unidist-api-local-sweep").start()
+                threading.Thread(
+                    target=self._sweep,
+                    args=(id(pool), pids),
+                    daemon=True,
+                    name="unidist-api-local-sweep",
+                ).start()
             entry[1].append(path)
 
     def _sweep(self, key: int, pids: list[int]) -> None:

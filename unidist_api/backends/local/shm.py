@@ -32,8 +32,7 @@ from typing import Any, cast
 
 from ...data import Packed, load_input, load_result
 
-__all__ = ["ALIGN", "Mapped", "FileRef", "Store", "write", "read", "load_shared",
-           "load_mapped"]
+__all__ = ["ALIGN", "Mapped", "FileRef", "Store", "write", "read", "load_shared", "load_mapped"]
 
 MAGIC = b"UAv1"
 ALIGN = 64  # buffer offsets: enough for any NumPy dtype (the mapping is page-aligned)
@@ -97,7 +96,7 @@ def read(path: str) -> Packed:
     header, spans = _layout(mapping)
     view = memoryview(mapping)  # the mapping lives as long as a view of it
     header_view = cast(bytes, view[header])  # pickle.loads reads any buffer: no copy
-    return Packed(header_view, *[view[start:start + size] for start, size in spans])
+    return Packed(header_view, *[view[start : start + size] for start, size in spans])
 
 
 def load_shared(path: str) -> Any:
@@ -132,11 +131,12 @@ class Mapped(Packed):
 
     __slots__ = ("path", "ref", "store", "_private", "_spans", "__weakref__")
 
-    def __init__(self, path: str, store: Store, shared: mmap.mmap,
-                 private: mmap.mmap | None) -> None:
+    def __init__(
+        self, path: str, store: Store, shared: mmap.mmap, private: mmap.mmap | None
+    ) -> None:
         header, spans = _layout(shared)
         view = memoryview(shared)
-        super().__init__(bytes(view[header]), *[view[a:a + n] for a, n in spans])
+        super().__init__(bytes(view[header]), *[view[a : a + n] for a, n in spans])
         self.path = path
         self.ref = FileRef(path)
         self.store = store
@@ -149,7 +149,7 @@ class Mapped(Packed):
         if private is None:
             return None
         view = memoryview(private)
-        return Packed(self.header, *[view[a:a + n] for a, n in self._spans])
+        return Packed(self.header, *[view[a : a + n] for a, n in self._spans])
 
 
 def load_mapped(data: Mapped) -> Any:
@@ -295,5 +295,6 @@ class Store:
             thread.join()
             self.close()
 
-        threading.Thread(target=wait_then_close, daemon=True,
-                         name="unidist-api-local-close").start()
+        threading.Thread(
+            target=wait_then_close, daemon=True, name="unidist-api-local-close"
+        ).start()

@@ -31,7 +31,6 @@ Outcome = tuple[int, Any, "str | None"]
 """run_pickled's outcome, or ``(OK, path of the result's file, None)``."""
 
 
-
 class _Activity:
     """This worker's tasks so far (written by the task thread, read by the watch)."""
 
@@ -52,8 +51,9 @@ def start_worker(parent: int, data: bytes | None, note: str | None = None) -> No
     fails loky's initializer: the worker ends and loky reports the pool broken, which the
     caller, reading the note, tells from a lost worker.
     """
-    threading.Thread(target=_watch, args=(parent,), daemon=True,
-                     name="unidist-api-worker-watch").start()
+    threading.Thread(
+        target=_watch, args=(parent,), daemon=True, name="unidist-api-worker-watch"
+    ).start()
     if data is not None:
         try:
             run_initializer(data)
@@ -86,8 +86,12 @@ def _watch(parent: int) -> None:
     while os.getppid() == parent:  # the caller is gone: this process was reparented
         time.sleep(PARENT_CHECK)
         finished = _activity.finished
-        if (trim is not None and finished != trimmed and _activity.started == finished
-                and time.monotonic() - _activity.last >= PARENT_CHECK):
+        if (
+            trim is not None
+            and finished != trimmed
+            and _activity.started == finished
+            and time.monotonic() - _activity.last >= PARENT_CHECK
+        ):
             trimmed = finished
             trim(0)
     os._exit(1)
@@ -103,10 +107,17 @@ def _malloc_trim() -> Callable[[int], Any] | None:
     return trim
 
 
-def run_call(fn_data: bytes, payload: bytes | Packed | str, mode: int, retries: int,
-             retry_on: tuple[type[BaseException], ...], timeout: float | None,
-             stuck_path: str | None, inputs: bytes | Packed | str | None,
-             result_path: str | None) -> Outcome:
+def run_call(
+    fn_data: bytes,
+    payload: bytes | Packed | str,
+    mode: int,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None,
+    stuck_path: str | None,
+    inputs: bytes | Packed | str | None,
+    result_path: str | None,
+) -> Outcome:
     """Run one task; ``payload`` is its pickled arguments, or the path of their file.
 
     ``inputs``: the values of its input futures, packed (or the path of their file), which
@@ -122,8 +133,9 @@ def run_call(fn_data: bytes, payload: bytes | Packed | str, mode: int, retries: 
         arguments = shm.read(payload) if isinstance(payload, str) else payload
         values = shm.read(inputs) if isinstance(inputs, str) else inputs
         on_stuck = None if timeout is None or stuck_path is None else _exit_stuck(stuck_path)
-        outcome = run_pickled(fn_data, arguments, mode, retries, retry_on, timeout, on_stuck,
-                              values)
+        outcome = run_pickled(
+            fn_data, arguments, mode, retries, retry_on, timeout, on_stuck, values
+        )
         del arguments, values  # their mappings go with the task's values
         data = outcome[1]
         if result_path is None or type(data) is not Packed:

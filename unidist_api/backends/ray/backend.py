@@ -85,11 +85,22 @@ class RayBackend(Backend):
     option_names = frozenset({"connect_timeout", "runtime_env"})
     fetches = True
 
-    def __init__(self, *, address: str | None, workers: int | None,
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                 options: Mapping[str, Any]) -> None:
-        super().__init__(address=address, workers=workers, initializer=initializer,
-                         initargs=initargs, options=options)
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        workers: int | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        options: Mapping[str, Any],
+    ) -> None:
+        super().__init__(
+            address=address,
+            workers=workers,
+            initializer=initializer,
+            initargs=initargs,
+            options=options,
+        )
         self.connect_timeout = positive_option("ray", options, "connect_timeout", 30.0)
         runtime_env = options.get("runtime_env")
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
@@ -153,8 +164,9 @@ class RayBackend(Backend):
         needs = _needs(options)
         runtime = self._get_runtime()
         if needs and not runtime.fits(needs):
-            asked = ", ".join(f"{_OPTION_OF.get(name, name)}={amount!r}"
-                              for name, amount in needs.items())
+            asked = ", ".join(
+                f"{_OPTION_OF.get(name, name)}={amount!r}" for name, amount in needs.items()
+            )
             raise UnsupportedOptionError(
                 f"the task asks for {asked}, but no node of {runtime.where} could ever "
                 "run it: "
@@ -169,14 +181,24 @@ class RayBackend(Backend):
         priority = task.options.priority
         if self._gate.engaged or priority:  # admitted by priority (backends/admission.py)
             self._gate.admit_when_ready(
-                future, inputs, priority,
-                functools.partial(self._send, runtime, future, task, fn_data, payload, inputs))
+                future,
+                inputs,
+                priority,
+                functools.partial(self._send, runtime, future, task, fn_data, payload, inputs),
+            )
         else:
             self._send(runtime, future, task, fn_data, payload, inputs)
         return future
 
-    def _send(self, runtime: Runtime, future: RayFuture[Any], task: Task, fn_data: bytes,
-              payload: Any, inputs: list[Future[Any]]) -> None:
+    def _send(
+        self,
+        runtime: Runtime,
+        future: RayFuture[Any],
+        task: Task,
+        fn_data: bytes,
+        payload: Any,
+        inputs: list[Future[Any]],
+    ) -> None:
         """Hand the task to Ray; the future follows its ObjectRef from now on."""
         if future._state != _PENDING:  # cancelled while it waited for its turn
             return
@@ -221,16 +243,25 @@ class RayBackend(Backend):
         if future.handle is None and self._gate.withdraw(future):
             return True  # it waited for its turn (or its inputs) in the gate: never sent
         runtime: Runtime | None = getattr(future, "_runtime", None)
-        if (runtime is None or runtime.closed or not isinstance(future, RayFuture)
-                or future.handle is None or future._state != _PENDING):
+        if (
+            runtime is None
+            or runtime.closed
+            or not isinstance(future, RayFuture)
+            or future.handle is None
+            or future._state != _PENDING
+        ):
             return False
         return runtime.claims.cancel(future.handle.task_id().hex())
 
     def running(self, future: Future[Any]) -> bool:
         runtime: Runtime | None = getattr(future, "_runtime", None)
-        return (runtime is not None and not runtime.closed and future.handle is not None
-                and future._state == _PENDING
-                and runtime.claims.started(future.handle.task_id().hex()))
+        return (
+            runtime is not None
+            and not runtime.closed
+            and future.handle is not None
+            and future._state == _PENDING
+            and runtime.claims.started(future.handle.task_id().hex())
+        )
 
     def fetch(self, futures: Sequence[Future[Any]], timeout: float | None) -> None:
         """Wait for ``futures`` and load their values with one ``ray.get``, in this thread.
@@ -271,14 +302,14 @@ class RayBackend(Backend):
             for start in range(0, len(refs), step):  # load a part while the next ones run
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    values = ray.get(refs[start:start + step], timeout=left)
+                    values = ray.get(refs[start : start + step], timeout=left)
                 except rex.GetTimeoutError:
                     return
                 except Exception:  # a task failed, or Ray stops: each future's own path tells
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     cf.wait(futures, left)
                     return
-                for future, value in zip(loading[start:start + step], values, strict=True):
+                for future, value in zip(loading[start : start + step], values, strict=True):
                     try:
                         value = data.loaded(value)
                     except Exception:  # unpicklable here: result() raises SerializationError
@@ -318,13 +349,17 @@ class RayBackend(Backend):
 
     def _input(self, runtime: Runtime, dep: Future[Any]) -> Any:
         """What stands for an input future among the task's arguments."""
-        if (isinstance(dep._backend, RayBackend) and dep._backend._runtime is runtime
-                and dep.handle is not None):
+        if (
+            isinstance(dep._backend, RayBackend)
+            and dep._backend._runtime is runtime
+            and dep.handle is not None
+        ):
             return dep.handle  # an ObjectRef: Ray resolves it on the worker
         return data.for_ray(packed_value(dep))  # raises the input's exception if it failed
 
-    def _spec(self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int,
-              status: bool) -> _Spec:
+    def _spec(
+        self, runtime: Runtime, fn_data: bytes, options: TaskOptions, mode: int, status: bool
+    ) -> _Spec:
         """What every task of this function, options and mode passes to ``_run_task``.
 
         A token (16 random bytes) and the pickle of ``(fn_data, mode, retries, retry_on,
@@ -336,23 +371,32 @@ class RayBackend(Backend):
         remote, retry_on = self._call(runtime, options, status)
         init = self._initializer()
         small_init = init is None or isinstance(init[1], bytes)
-        spec_data = uuid.uuid4().bytes + dumps((fn_data, mode, options.retries, retry_on,
-                                                init if small_init else None,
-                                                options.timeout, runtime.claims.spec,
-                                                status))
+        spec_data = uuid.uuid4().bytes + dumps(
+            (
+                fn_data,
+                mode,
+                options.retries,
+                retry_on,
+                init if small_init else None,
+                options.timeout,
+                runtime.claims.spec,
+                status,
+            )
+        )
         arg: Any = spec_data
         if len(spec_data) > INLINE_BYTES or not small_init:
-            arg = (spec_data[:16],
-                   spec_data if len(spec_data) <= INLINE_BYTES else ray.put(spec_data),
-                   None if small_init else init)
+            arg = (
+                spec_data[:16],
+                spec_data if len(spec_data) <= INLINE_BYTES else ray.put(spec_data),
+                None if small_init else init,
+            )
         spec = _Spec(fn_data, options, arg, remote)
         if len(self._specs) >= SPECS_MAX:
             self._specs.clear()
         self._specs[(id(fn_data), id(options), mode, status)] = spec
         return spec
 
-    def _call(self, runtime: Runtime, options: TaskOptions, status: bool
-              ) -> tuple[Any, Embedded]:
+    def _call(self, runtime: Runtime, options: TaskOptions, status: bool) -> tuple[Any, Embedded]:
         """The remote function with Ray options for ``options``, and the pickled retry_on.
 
         With ``status`` the task returns two values: a tiny status first (see
@@ -361,7 +405,8 @@ class RayBackend(Backend):
         call = self._calls.get((options, status))
         if call is None:
             ray_options: dict[str, Any] = {
-                "num_cpus": options.cpus, "max_retries": LOST_WORKER_RETRIES,
+                "num_cpus": options.cpus,
+                "max_retries": LOST_WORKER_RETRIES,
                 "retry_exceptions": False,
             }
             if status:
@@ -375,8 +420,10 @@ class RayBackend(Backend):
             if self._runtime_env:
                 ray_options["runtime_env"] = self._runtime_env
             retry_on = Embedded(dumps_value(options.retry_on, "the retry_on exception classes"))
-            call = self._calls[(options, status)] = (runtime.remote.options(**ray_options),
-                                                     retry_on)
+            call = self._calls[(options, status)] = (
+                runtime.remote.options(**ray_options),
+                retry_on,
+            )
         return call
 
     def _initializer(self) -> tuple[str, Any] | None:
@@ -386,9 +433,10 @@ class RayBackend(Backend):
             return None
         with self._lock:
             if self._init is None:
-                self._init = (uuid.uuid4().hex,
-                              init_data if len(init_data) <= INLINE_BYTES
-                              else ray.put(init_data))
+                self._init = (
+                    uuid.uuid4().hex,
+                    init_data if len(init_data) <= INLINE_BYTES else ray.put(init_data),
+                )
                 initializers[self._init[0]] = self
             return self._init
 
@@ -403,8 +451,12 @@ class RayBackend(Backend):
         error = super().break_executor(failed)
         runtime = self._runtime
         if first and runtime is not None:  # in a thread: we may be in a future's result(),
-            threading.Thread(target=self._fail_unfinished, args=(runtime,), daemon=True,
-                             name="unidist-api-ray-broken").start()  # holding its lock
+            threading.Thread(
+                target=self._fail_unfinished,
+                args=(runtime,),
+                daemon=True,
+                name="unidist-api-ray-broken",
+            ).start()  # holding its lock
         return error
 
     def _fail_unfinished(self, runtime: Runtime) -> None:
@@ -431,7 +483,10 @@ _OPTION_OF = {"CPU": "cpus", "GPU": "gpus", "memory": "memory"}  # Ray's names: 
 
 def _needs(options: TaskOptions) -> dict[str, float]:
     """The Ray resources a task with ``options`` needs, by Ray's names."""
-    needs: dict[str, float] = {"CPU": options.cpus, "GPU": options.gpus,
-                               "memory": options.memory or 0}
+    needs: dict[str, float] = {
+        "CPU": options.cpus,
+        "GPU": options.gpus,
+        "memory": options.memory or 0,
+    }
     needs.update(options.resources or {})
     return {name: amount for name, amount in needs.items() if amount}

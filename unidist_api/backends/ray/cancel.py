@@ -67,7 +67,7 @@ def _remove_stale(root: str) -> None:
     space = _pid_space()
     for name in names:
         try:
-            their_space, pid = (int(part) for part in name[len(_DIR_PREFIX):].split("-")[:2])
+            their_space, pid = (int(part) for part in name[len(_DIR_PREFIX) :].split("-")[:2])
             if their_space != space or not space:
                 continue  # pids of another namespace mean nothing here
             os.kill(pid, 0)

@@ -301,8 +301,11 @@ class RayFuture(Future[T]):
     def _named(self, exc: BaseException) -> BaseException:
         """A lost worker's error as data.load made it, naming the task that lost it."""
         cause = exc.__cause__
-        if (not isinstance(exc, WorkerLostError) or self._fn is None
-                or not isinstance(cause, LOST_WORKER)):
+        if (
+            not isinstance(exc, WorkerLostError)
+            or self._fn is None
+            or not isinstance(cause, LOST_WORKER)
+        ):
             return exc
         return engine_error(cause, self._lost_fn())
 

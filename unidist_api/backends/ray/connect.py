@@ -42,8 +42,12 @@ def start_local(workers: int | None) -> None:
     os.environ["PYTHONHASHSEED"] = hash_seed()  # for the processes ray.init starts
     try:
         with _loopback_only():
-            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
-                     include_dashboard=False, logging_level=logging.ERROR)
+            ray.init(
+                address="local",
+                num_cpus=workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+            )
     finally:
         if saved is None:
             del os.environ["PYTHONHASHSEED"]
@@ -75,8 +79,9 @@ def connect(address: str, timeout: float) -> None:
     listens there, then let ``ray.init`` run in a thread we stop waiting for in time.
     """
     deadline = time.monotonic() + timeout
-    check_listening(address, timeout,
-                    "Check that the cluster runs (`ray status` on its head) and the address")
+    check_listening(
+        address, timeout, "Check that the cluster runs (`ray status` on its head) and the address"
+    )
     has_token = _use_available_token()
     outcome: list[BaseException | None] = []
     abandoned = threading.Event()
@@ -107,19 +112,24 @@ def connect(address: str, timeout: float) -> None:
         return
     if isinstance(error, ValueError) and "ray[client]" in str(error):
         raise BackendNotInstalledError(
-            f"connecting to {address!r} needs the Ray Client: "
-            'pip install "ray[client]"'
+            f'connecting to {address!r} needs the Ray Client: pip install "ray[client]"'
         ) from error
     if _is_auth_failure(error):
-        problem = ("refused our token" if has_token else
-                   "requires token authentication, and no token was found")
+        problem = (
+            "refused our token"
+            if has_token
+            else "requires token authentication, and no token was found"
+        )
         raise ClusterConnectionError(
             f"the Ray cluster at {address!r} {problem}. Provide the cluster's token "
             "(`ray get-auth-token` on the head prints it) in RAY_AUTH_TOKEN, in a file "
             "named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token"
         ) from error
-    hint = ("; it looks like a Dask scheduler address: use the dask backend for it"
-            if address.startswith(("tcp://", "tls://")) else "")
+    hint = (
+        "; it looks like a Dask scheduler address: use the dask backend for it"
+        if address.startswith(("tcp://", "tls://"))
+        else ""
+    )
     raise ClusterConnectionError(
         f"could not connect to the Ray cluster at {address!r}: {error}{hint}. Ray takes "
         "'host:port' (the head's GCS port, 6379 by default), 'auto' or 'ray://host:10001'"
@@ -155,4 +165,3 @@ def _is_auth_failure(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-

@@ -87,9 +87,11 @@ def loaded(data: Any) -> Any:
 def load(ref: Any) -> Any:
     """A task's value, fetched on the first ``result()``; a failure as RemoteFailure."""
     if not ray.is_initialized():  # else ray.get would start or join some other Ray
-        raise RemoteFailure(ExecutorShutdownError(
-            "Ray was stopped (at interpreter exit) before this result was fetched"
-        ))
+        raise RemoteFailure(
+            ExecutorShutdownError(
+                "Ray was stopped (at interpreter exit) before this result was fetched"
+            )
+        )
     try:
         data = ray.get(ref)
     except rex.RayError as err:

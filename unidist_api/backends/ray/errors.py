@@ -36,8 +36,12 @@ __all__ = ["LOST_WORKER", "TaskFailed", "engine_error", "task_error", "initializ
 initializers: weakref.WeakValueDictionary[str, Backend] = weakref.WeakValueDictionary()
 
 #: Ray's errors for a task whose worker (or node) died more often than max_retries allow.
-LOST_WORKER = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
-               rex.OutOfMemoryError)
+LOST_WORKER = (
+    rex.WorkerCrashedError,
+    rex.NodeDiedError,
+    rex.LocalRayletDiedError,
+    rex.OutOfMemoryError,
+)
 
 
 def task_error(err: BaseException, ref: Any) -> RemoteFailure:
@@ -62,8 +66,11 @@ def engine_error(err: BaseException, fn: Callable[..., Any] | None = None) -> Ba
     if isinstance(err, rex.TaskCancelledError):
         mapped = cf.CancelledError("Ray cancelled this task (or one of its inputs)")
     elif isinstance(err, LOST_WORKER):
-        mapped = worker_lost("?" if fn is None else task_name(fn), LOST_WORKER_RETRIES + 1,
-                             f"ray: {type(err).__name__}")
+        mapped = worker_lost(
+            "?" if fn is None else task_name(fn),
+            LOST_WORKER_RETRIES + 1,
+            f"ray: {type(err).__name__}",
+        )
     elif isinstance(err, rex.ObjectLostError):
         mapped = WorkerLostError(
             f"Ray lost a value this task needs, or its result, with the worker or node "

@@ -124,14 +124,18 @@ class Runtime:
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether some live node has all of ``needs`` (refreshed once before saying no)."""
         for max_age in (NODES_MAX_AGE, 1.0):
-            if any(all(node.get(name, 0.0) >= amount for name, amount in needs.items())
-                   for node in self.nodes(max_age)):
+            if any(
+                all(node.get(name, 0.0) >= amount for name, amount in needs.items())
+                for node in self.nodes(max_age)
+            ):
                 return True
         return False
 
     def largest_offer(self, needs: dict[str, float]) -> str:
-        best = {name: max((node.get(name, 0.0) for node in self.nodes()), default=0.0)
-                for name in ("CPU", "GPU", "memory", *needs)}
+        best = {
+            name: max((node.get(name, 0.0) for node in self.nodes()), default=0.0)
+            for name in ("CPU", "GPU", "memory", *needs)
+        }
         return "the most any node has is " + describe_resources(best)
 
 

@@ -4,8 +4,9 @@ Its arguments are the task's *spec* (see ``RayBackend._spec``), its *payload* (t
 call's packed arguments) and its inputs (the values of the futures among them, resolved
 by Ray worker to worker). It unpickles the spec once per worker process (then knows it
 by its token), claims the task (skipping it if the caller cancelled it first:
-:mod:`.cancel`), runs the executor's initializer once per process, runs the task through :func:`~unidist_api.worker.run_native` and returns the packed
-value. A task's own exception leaves as :class:`~.errors.TaskFailed`.
+:mod:`.cancel`), runs the executor's initializer once per process, runs the task
+through :func:`~unidist_api.worker.run_native` and returns the packed value. A task's
+own exception leaves as :class:`~.errors.TaskFailed`.
 
 Initializer. Ray's own hook (``worker_process_setup_hook``) is fixed when Ray starts
 and is shared by every executor of the process, so ``initializer(*initargs)`` instead
@@ -74,8 +75,9 @@ def _run_task(*args: Any) -> Wire | tuple[tuple[float | None, int], Wire]:
             on_stuck = functools.partial(cancel.mark_stuck_and_exit, key)
         if init is not None:
             _initialize(*init)
-        value = run_native(fn_data, payload, mode, retries, retry_on, *inputs,
-                           timeout=timeout, on_stuck=on_stuck)
+        value = run_native(
+            fn_data, payload, mode, retries, retry_on, *inputs, timeout=timeout, on_stuck=on_stuck
+        )
     except (Exception, SystemExit) as exc:
         raise TaskFailed.carrying(exc) from None
     try:
@@ -95,8 +97,9 @@ def _facts(value: Any, data: Wire) -> tuple[float | None, int]:
     return getattr(value, "elapsed", None), size
 
 
-_Fixed = tuple[bytes, int, int, tuple[type[BaseException], ...], Any, "float | None",
-               tuple[str, str], bool]
+_Fixed = tuple[
+    bytes, int, int, tuple[type[BaseException], ...], Any, "float | None", tuple[str, str], bool
+]
 _specs: dict[bytes, _Fixed] = {}  # by token: the specs this worker process has unpickled
 
 
