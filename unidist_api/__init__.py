@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import errors
 from .config import configure
@@ -61,13 +61,100 @@ __all__ = [
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
+P = ParamSpec("P")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+D = TypeVar("D")
+
+# ``submit``'s arguments are checked against ``fn``'s parameters (ParamSpec). A future
+# passed in place of a value (it is resolved before the task runs) is accepted by the
+# positional overloads for up to four arguments; futures inside containers, or with
+# keyword arguments, need a ``cast`` or an ``Any``-typed ``fn``.
 
 
+@overload
+def submit(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
+@overload
+def submit(fn: Callable[[A], T], a: A | Future[A], /) -> Future[T]: ...
+@overload
+def submit(fn: Callable[[A, B], T], a: A | Future[A], b: B | Future[B], /) -> Future[T]: ...
+@overload
+def submit(
+    fn: Callable[[A, B, C], T], a: A | Future[A], b: B | Future[B], c: C | Future[C], /
+) -> Future[T]: ...
+@overload
+def submit(
+    fn: Callable[[A, B, C, D], T],
+    a: A | Future[A],
+    b: B | Future[B],
+    c: C | Future[C],
+    d: D | Future[D],
+    /,
+) -> Future[T]: ...
 def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
     """Run ``fn(*args, **kwargs)`` as one task on the current executor."""
     return current_executor().submit(fn, *args, **kwargs)
 
 
+@overload
+def map(
+    fn: Callable[[A], T],
+    iterable: Iterable[A],
+    /,
+    *,
+    timeout: float | None = None,
+    chunksize: int | None = None,
+    buffersize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[T]: ...
+@overload
+def map(
+    fn: Callable[[A, B], T],
+    iterable1: Iterable[A],
+    iterable2: Iterable[B],
+    /,
+    *,
+    timeout: float | None = None,
+    chunksize: int | None = None,
+    buffersize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[T]: ...
+@overload
+def map(
+    fn: Callable[[A, B, C], T],
+    iterable1: Iterable[A],
+    iterable2: Iterable[B],
+    iterable3: Iterable[C],
+    /,
+    *,
+    timeout: float | None = None,
+    chunksize: int | None = None,
+    buffersize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[T]: ...
+@overload
+def map(
+    fn: Callable[..., T],
+    iterable1: Iterable[Any],
+    iterable2: Iterable[Any],
+    iterable3: Iterable[Any],
+    iterable4: Iterable[Any],
+    /,
+    *iterables: Iterable[Any],
+    timeout: float | None = None,
+    chunksize: int | None = None,
+    buffersize: int | None = None,
+    ordered: bool = True,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Iterator[T]: ...
 def map(
     fn: Callable[..., T],
     *iterables: Iterable[Any],

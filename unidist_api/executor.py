@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .arguments import find_futures
 from .backends.base import Backend, Task
@@ -36,6 +36,11 @@ __all__ = ["Executor"]
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
+P = ParamSpec("P")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+D = TypeVar("D")
 
 
 class Executor(cf.Executor):
@@ -136,6 +141,34 @@ class Executor(cf.Executor):
         return f"<ua.Executor backend={self.backend!r} workers={self.workers}{state}>"
 
     # -- operations ------------------------------------------------------------------------
+    # typed like ``ua.submit`` (ParamSpec; futures for values in up to four positional args)
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
+    @overload
+    def submit(self, fn: Callable[[A], T], a: A | Future[A], /) -> Future[T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[[A, B], T], a: A | Future[A], b: B | Future[B], /
+    ) -> Future[T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[[A, B, C], T],
+        a: A | Future[A],
+        b: B | Future[B],
+        c: C | Future[C],
+        /,
+    ) -> Future[T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[[A, B, C, D], T],
+        a: A | Future[A],
+        b: B | Future[B],
+        c: C | Future[C],
+        d: D | Future[D],
+        /,
+    ) -> Future[T]: ...
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` as one task; futures among the arguments are resolved."""
         self._runner.check_open()
@@ -145,6 +178,70 @@ class Executor(cf.Executor):
         deps = find_futures(args, kwargs)
         return self._backend.submit(Task(fn, args, kwargs, options, deps=deps))
 
+    # typed by ``fn`` for 1-3 iterables; no overload takes none (an empty iterator at run
+    # time), which cf.Executor.map's signature allows: hence the ignore
+    @overload  # type: ignore[override]
+    def map(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B], T],
+        iterable1: Iterable[A],
+        iterable2: Iterable[B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B, C], T],
+        iterable1: Iterable[A],
+        iterable2: Iterable[B],
+        iterable3: Iterable[C],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> Iterator[T]: ...
     def map(
         self,
         fn: Callable[..., T],
