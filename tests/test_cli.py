@@ -239,3 +239,11 @@ def test_registry_facts_match_the_backend_classes(name):
     facts = registry.backend_facts(name)
     assert facts.takes_address == cls.takes_address
     assert facts.option_names == cls.option_names
+
+
+def test_bad_value_in_a_named_config_file(tmp_path, monkeypatch):
+    path = tmp_path / "unidist.toml"
+    path.write_text("backend = 3\n")  # the keys at the top level
+    monkeypatch.setenv("UNIDIST_API_CONFIG", str(path))
+    with pytest.raises(ua.errors.InvalidOptionError, match="'backend' in .*unidist.toml must"):
+        config.resolve()

@@ -228,19 +228,19 @@ def _file_layer() -> Layer | None:
                 f"{ENV_CONFIG} names {named!r}, which does not exist; fix the path or unset it"
             ) from None
         table = _tool_table(data)
-        if table is None:
-            table = data  # a dedicated file may hold the keys at the top level
+        if table is None:  # a dedicated file may hold the keys at the top level
+            return _table_layer(path, data, path)
     else:
         found = find_config_file()
         if found is None:
             return None
         path, table = found
-    return _table_layer(path, table)
+    return _table_layer(path, table, f"[tool.unidist_api] in {path}")
 
 
-def _table_layer(path: str, table: Any) -> Layer:
-    """The layer of a config file's table, its values checked: errors name file and key."""
-    where = f"[tool.unidist_api] in {path}"
+def _table_layer(path: str, table: Any, where: str) -> Layer:
+    """The layer of a config file's table, its values checked: errors name ``where`` (the
+    file, and the table in it) and the key."""
     if not isinstance(table, dict):
         raise InvalidOptionError(f"{where} must be a table, got {table!r}")
     table = dict(table)
