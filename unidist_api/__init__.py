@@ -20,6 +20,7 @@ from .current import current_executor, current_runner, shutdown, use
 from .errors import BrokenExecutorError
 from .executor import Executor, as_completed, gather, wait
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
+from .mapping import Progress
 from .pipeline import Pipeline, Stage, stage
 from .reduce import MISSING
 from .registry import backends
@@ -162,7 +163,7 @@ def map(
     chunksize: int | None = None,
     buffersize: int | None = None,
     ordered: bool = True,
-    progress: bool = False,
+    progress: Progress = False,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> Iterator[T]:
     """Lazy parallel ``map`` on the current executor (see ``Executor.map``)."""

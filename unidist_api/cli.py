@@ -7,6 +7,11 @@ the ``UNIDIST_API_*`` environment variables, so subprocesses see it too).
 ``unidist-api info [--backend B] [--address A] [--workers N]`` prints the resolved
 configuration, where each value came from, and versions.
 ``unidist-api checkpoint info PATH`` prints what a checkpoint journal holds.
+``unidist-api --version`` prints the version.
+
+``run`` and ``info`` check the configuration first (the backend is known and installed,
+the worker count, the address, the config file's values) without starting an engine: a
+bad one is exit status 2, with the same message from both, before the script starts.
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ import traceback
 from collections.abc import Sequence
 from importlib import metadata
 
-from . import config
-from .errors import UnidistError
+from . import __version__, config
+from .errors import InvalidOptionError, UnidistError
+
+#: How the command line spells the layer it adds (for messages naming the fix).
+_FLAGS = {"command line": "--{}"}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unidist-api", description="Run programs written against unidist-api on any backend."
     )
+    parser.add_argument("--version", action="version", version=f"unidist-api {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_config(sub: argparse.ArgumentParser) -> None:
@@ -58,6 +67,19 @@ def _export(args: argparse.Namespace) -> None:
             os.environ[name] = str(value)
 
 
+def checked_settings(args: argparse.Namespace) -> config.Settings:
+    """The configuration ``run`` and ``info`` use, checked; raises UnidistError if bad."""
+    config.check_workers(args.workers, "--workers")
+    if args.address is not None:
+        if not args.address.strip():
+            raise InvalidOptionError("--address must not be empty")
+    settings = config.resolve(
+        config.Layer("command line", args.backend, args.address, args.workers)
+    )
+    config.check_settings(settings, _FLAGS)
+    return settings
+
+
 def run_script(script: str, argv: Sequence[str]) -> int:
     """Execute ``script`` as ``__main__`` with ``sys.argv``; return its exit code."""
     path = os.path.abspath(script)
@@ -85,9 +107,7 @@ def run_script(script: str, argv: Sequence[str]) -> int:
 
 def info(args: argparse.Namespace) -> int:
     """Print the resolved configuration with its sources, the backend's facts, versions."""
-    settings = config.resolve(
-        config.Layer("command line", args.backend, args.address, args.workers)
-    )
+    settings = checked_settings(args)
     sources = settings.sources
     print("configuration:")
     print(f"  backend: {settings.backend}  ({sources['backend']})")
@@ -123,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            checked_settings(args)
             _export(args)
             return run_script(args.script, args.args)
         if args.command == "checkpoint":

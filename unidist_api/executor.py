@@ -24,7 +24,7 @@ from .errors import InvalidOptionError
 from .exit import on_exit
 from .futures import ALL_COMPLETED, Future
 from .keyed import reduce_by_key
-from .mapping import map_iterator
+from .mapping import Progress, map_iterator
 from .pipeline import Pipeline, Stage
 from .reduce import MISSING, tree_reduce
 from .registry import load_backend
@@ -250,7 +250,7 @@ class Executor(cf.Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         ordered: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[T]:
         """Lazy parallel ``map``: input is pulled as results are consumed.

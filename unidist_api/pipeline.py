@@ -27,7 +27,7 @@ from . import resume
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .mapping import Batcher, check_positive, progress_bar
+from .mapping import Batcher, Progress, check_positive, progress_bar, progress_options
 from .runner import Runner
 from .sizes import batch_within, estimate, packed_size
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
@@ -43,13 +43,25 @@ class Stage:
     fn: Callable[..., Any]
     workers: int | None = None
     options: TaskOptions = DEFAULT_OPTIONS
+    #: The stage's label in progress bars; ``None``: the function's name.
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else _name(self.fn)
 
 
-def stage(fn: Callable[..., Any], workers: int | None = None, **task_options: Any) -> Stage:
-    """A pipeline stage with its own concurrency limit and task options (as ``ua.task``)."""
+def stage(
+    fn: Callable[..., Any], workers: int | None = None, name: str | None = None, **task_options: Any
+) -> Stage:
+    """A pipeline stage with its own concurrency limit and task options (as ``ua.task``);
+    ``name`` labels it in progress bars (default: the function's name, also through a
+    ``functools.partial``)."""
     fn, base = unwrap(fn)
     check_positive("workers", workers)
-    return Stage(fn, workers, make_options(task_options, base))
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"a stage's name must be a string, got {name!r}")
+    return Stage(fn, workers, make_options(task_options, base), name)
 
 
 def _as_stage(obj: Callable[..., Any] | Stage) -> Stage:
@@ -76,7 +88,7 @@ class Pipeline:
         self.runner = runner
 
     def __repr__(self) -> str:
-        names = " -> ".join(getattr(s.fn, "__name__", repr(s.fn)) for s in self.stages)
+        names = " -> ".join(s.label for s in self.stages)
         return f"<ua.Pipeline {names}>"
 
     def __call__(
@@ -86,7 +98,7 @@ class Pipeline:
         chunksize: int | None = None,
         buffersize: int | None = None,
         timeout: float | None = None,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[Any]:
         """Run the stages over ``iterable``, lazily; outputs in input order.
@@ -95,7 +107,9 @@ class Pipeline:
         batch size to the slowest stage's measured time per item, as ``map`` does. At
         most ``buffersize`` items are inside the pipeline (``None``: two batches per
         task slot of every stage). ``timeout`` counts from this call, as in ``map``;
-        ``progress=True`` shows one bar per stage. ``checkpoint=PATH`` records each
+        ``progress=True`` shows one bar per stage, labelled ``stage N <name>``; a dict of
+        tqdm options (``total``, ``desc``, ``unit``, ...) applies to every stage's bar,
+        ``desc`` before the label. ``checkpoint=PATH`` records each
         item's final output in a journal; a rerun runs only the missing items
         (docs/checkpoints.md).
         """
@@ -103,6 +117,7 @@ class Pipeline:
         check_positive("buffersize", buffersize)
         if timeout is not None and not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        bar_options = progress_options(progress)
         runner = self.runner()
         runner.check_open()
         for s in self.stages:
@@ -112,15 +127,17 @@ class Pipeline:
         run = _Run(runner, self.stages, source, chunksize, buffersize)
         if checkpoint is not None:
             run.resume = resume.for_pipeline(checkpoint, [s.fn for s in self.stages], source)
-        if progress:
+        if bar_options is not None:
             run.bars = [
-                progress_bar((iterable,), f"stage {i + 1} {_name(s.fn)}", i)
+                progress_bar((iterable,), f"stage {i + 1} {s.label}", i, bar_options)
                 for i, s in enumerate(self.stages)
             ]
         return run.results(deadline)
 
 
 def _name(fn: Callable[..., Any]) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     return getattr(fn, "__name__", type(fn).__name__)
 
 
