@@ -34,7 +34,7 @@ def hits_in_quarter_circle(seed: int, points: int) -> int:
 
 
 def main() -> None:
-    # seeds derived from one master seed: independent streams, the same on every run
+    # distinct seeds derived from one master seed: the same on every run and backend
     seeds = np.random.SeedSequence(2024).generate_state(TASKS).tolist()
     hits = list(ua.map(hits_in_quarter_circle, seeds, [POINTS_PER_TASK] * TASKS))
     print("hits per task (first 4):", hits[:4])
