@@ -65,3 +65,12 @@ def test_quickstart_names_no_backend():
         "'dask'",
     ):
         assert name not in text, f"quickstart.py names a backend: {name}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_example_names_a_backend(name):
+    # every example is switched by configuration alone, as quickstart.py is
+    text = (EXAMPLES / name).read_text()
+    for backend in ("serial", "local", "ray", "dask"):
+        for quoted in (f'"{backend}"', f"'{backend}'"):
+            assert quoted not in text, f"{name} names a backend: {quoted}"
