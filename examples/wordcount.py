@@ -33,14 +33,14 @@ def word_pairs(lines):
 
 
 def main() -> None:
-    by_hash = ua.reduce_by_key(operator.add, word_pairs(corpus(20_000)))
+    by_hash = ua.reduce_by_key(operator.add, word_pairs(corpus(5_000)))
     print(f"{sum(by_hash.values())} words, {len(by_hash)} distinct")
     print("first seen:", ", ".join(list(by_hash)[:6]))
     top = sorted(by_hash.items(), key=lambda item: (-item[1], item[0]))[:8]
     print("most frequent:", ", ".join(f"{word} {count}" for word, count in top))
 
     # range partitions: words before "k", before "s", and the rest
-    by_range = ua.reduce_by_key(operator.add, word_pairs(corpus(20_000)), partition=["k", "s"])
+    by_range = ua.reduce_by_key(operator.add, word_pairs(corpus(5_000)), partition=["k", "s"])
     print(
         "range partitions give the same counts:",
         by_range == by_hash,

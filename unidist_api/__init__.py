@@ -108,7 +108,7 @@ def map(
     chunksize: int | None = None,
     buffersize: int | None = None,
     ordered: bool = True,
-    progress: bool = False,
+    progress: Progress = False,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> Iterator[T]: ...
 @overload
@@ -122,7 +122,7 @@ def map(
     chunksize: int | None = None,
     buffersize: int | None = None,
     ordered: bool = True,
-    progress: bool = False,
+    progress: Progress = False,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> Iterator[T]: ...
 @overload
@@ -137,7 +137,7 @@ def map(
     chunksize: int | None = None,
     buffersize: int | None = None,
     ordered: bool = True,
-    progress: bool = False,
+    progress: Progress = False,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> Iterator[T]: ...
 @overload
@@ -153,7 +153,7 @@ def map(
     chunksize: int | None = None,
     buffersize: int | None = None,
     ordered: bool = True,
-    progress: bool = False,
+    progress: Progress = False,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> Iterator[T]: ...
 def map(

@@ -191,7 +191,7 @@ class Executor(cf.Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         ordered: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[T]: ...
     @overload
@@ -206,7 +206,7 @@ class Executor(cf.Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         ordered: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[T]: ...
     @overload
@@ -222,7 +222,7 @@ class Executor(cf.Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         ordered: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[T]: ...
     @overload
@@ -239,7 +239,7 @@ class Executor(cf.Executor):
         chunksize: int | None = None,
         buffersize: int | None = None,
         ordered: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> Iterator[T]: ...
     def map(
