@@ -509,3 +509,8 @@ def test_interpreter_exit_waits_for_pending_work(ua_backend, tmp_path, ending):
         == outcome["stdlib"]
         == sorted([f"map-{i}" for i in range(4)] + [f"submit-{i}" for i in range(2)])
     )
+
+
+def test_max_workers_reads_as_on_a_process_pool(ua_backend: ua.Executor) -> None:
+    """Code written for ProcessPoolExecutor (dask's scheduler=executor) reads _max_workers."""
+    assert ua_backend._max_workers == ua_backend.workers >= 1

@@ -133,6 +133,13 @@ class Executor(cf.Executor):
         return self._backend.workers
 
     @property
+    def _max_workers(self) -> int:
+        """``workers``, under the name ``ProcessPoolExecutor`` has: code written for the
+        stdlib's pools reads it (``dask.compute(..., scheduler=executor)`` sizes its
+        window by it)."""
+        return self._backend.workers
+
+    @property
     def is_shutdown(self) -> bool:
         return self._runner.closed
 
