@@ -176,7 +176,11 @@ class RayBackend(Backend):
             "nodes": len(nodes),
             "resources": describe_resources(totals),
             "dashboard": runtime.dashboard
-            or ("off (turn it on with dashboard=True)" if runtime.ours else "not known"),
+            or (
+                "off (turn it on with dashboard=True)"
+                if runtime.ours and runtime.target is None
+                else "none known"
+            ),
             "ray": ray.__version__,
         }
 

@@ -236,7 +236,11 @@ def _log_start(runtime: Runtime, how: str) -> None:
         what,
         len(nodes),
         describe_resources(totals),
-        f"dashboard at {runtime.dashboard}" if runtime.dashboard else "no dashboard",
+        f"dashboard at {runtime.dashboard}"
+        if runtime.dashboard
+        else "no dashboard"
+        if runtime.ours and runtime.target is None
+        else "no dashboard known",
     )
 
 
@@ -289,19 +293,31 @@ def _at_exit() -> None:
 def _open(target: str | None, workers: int | None, timeout: float, dashboard: bool) -> Runtime:
     global _exit_hook_registered
     if ray.is_initialized():  # the program's own ray.init(): use it, never stop it
-        runtime = Runtime(None, ours=False, address=_gcs_address())
+        runtime = Runtime(None, ours=False, address=_gcs_address(), dashboard=_dashboard_url())
     elif target is None:
         address, url = start_local(workers, dashboard)
         runtime = Runtime(None, ours=True, address=address, dashboard=url)
     else:
         connect(target, timeout)
-        runtime = Runtime(target, ours=True)
+        runtime = Runtime(target, ours=True, address=target, dashboard=_dashboard_url())
     if not _exit_hook_registered:
         _exit_hook_registered = True
         atexit.register(_at_exit)
     arm()  # executors finish their work before anything Ray started at exit is stopped
     exit_on_sigterm_at_once()  # ray.init's SIGTERM handler exits through our exit hook
     return runtime
+
+
+def _dashboard_url() -> str | None:
+    """The dashboard URL of the Ray this process is connected to (not ours), if Ray knows one."""
+    try:
+        node: Any = ray._private.worker._global_node
+        url = node.webui_url
+    except Exception:  # a Ray Client connection, another Ray version: not known
+        return None
+    if not url:
+        return None
+    return str(url) if "://" in url else f"http://{url}"
 
 
 def _gcs_address() -> str | None:
