@@ -526,6 +526,8 @@ def _log_embedded(cluster: EmbeddedCluster) -> None:
 
 def _log_connected(client: Client, address: str) -> None:
     """The INFO line of an executor that connected to a running scheduler."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # it costs a round trip
     try:
         workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
     except Exception:  # the line is for information: never fail the start over it
