@@ -125,7 +125,15 @@ class Executor(cf.Executor):
 
     @property
     def address(self) -> str | None:
-        return self._backend.address
+        """Where the tasks run: the cluster's address (Dask: its scheduler's
+        ``tcp://host:port``; Ray: its GCS ``host:port``), None for ``local`` and ``serial``.
+
+        A cluster we connect to has its address from the start. An embedded one (Dask's
+        ``LocalCluster``, a private Ray) starts with the first task, and its address is
+        None until then: reading this property starts nothing. It stays the address of
+        the last cluster started after ``shutdown()``, when nothing answers there any more.
+        """
+        return self._backend.engine_address()
 
     @property
     def workers(self) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "prepare_native",
     "fail_from_engine",
     "positive_option",
+    "bool_option",
     "check_listening",
     "LOST_WORKER_RETRIES",
     "task_name",
@@ -205,6 +206,12 @@ class Backend(ABC):
         """
         cf.wait(futures, timeout)
 
+    def engine_address(self) -> str | None:
+        """The address of the cluster in use: the configured one, or once started, that of
+        the cluster started for us (None before; always None for engines without one).
+        Reading it starts nothing (``Executor.address``)."""
+        return self.address
+
     def describe(self) -> dict[str, Any]:
         """Facts for ``unidist-api info``: where it runs, workers, resources (may start it)."""
         return {"address": self.address or "this machine", "workers": self.workers}
@@ -248,6 +255,16 @@ def positive_option(
             wanted = "a positive number of bytes (an int, e.g. 256 * 2**20)"
         raise InvalidOptionError(f"the {backend} option {name} must be {wanted}, got {value!r}")
     return float(value)
+
+
+def bool_option(backend: str, options: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A backend option that must be True or False."""
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidOptionError(
+            f"the {backend} option {name} must be True or False, got {value!r}"
+        )
+    return value
 
 
 def check_listening(address: str, timeout: float, fix: str) -> None:

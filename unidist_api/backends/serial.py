@@ -11,6 +11,8 @@ takes one snapshot copy, and a result is copied once into the caller's own memor
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +24,8 @@ from ..serialization import FunctionCache, pack_arguments, pack_value
 from ..task import TaskOptions
 from ..worker import InitializerFailed, run_initializer, run_pickled
 from .base import Backend, Task, complete, resolve_arguments
+
+log = logging.getLogger(__name__)
 
 
 class SerialBackend(Backend):
@@ -47,6 +51,7 @@ class SerialBackend(Backend):
         self._lock = threading.RLock()  # re-entrant: a task may submit to its own executor
         self._functions = FunctionCache()
         self._initialized = False
+        self._announced = False  # the INFO line of the first use is logged
 
     @property
     def workers(self) -> int:
@@ -69,6 +74,8 @@ class SerialBackend(Backend):
         """Run ``task`` now; the first one runs the initializer first (its failure breaks
         the executor: that task fails with BrokenExecutorError, later calls raise it)."""
         future: Future[Any] = Future(self)
+        if not self._announced:
+            self._announce()
         with self._lock:
             if self.init_data is not None and not self._initialized:
                 self._initialized = True  # runs as on a worker: unpickled, shared globals
@@ -92,6 +99,8 @@ class SerialBackend(Backend):
         return future
 
     def put(self, obj: Any) -> Future[Any]:
+        if not self._announced:
+            self._announce()
         future: Future[Any] = Future(self)
         data = pack_value(obj, "the object passed to put")
         if isinstance(data, Packed):  # a snapshot: the caller may change obj afterwards
@@ -101,6 +110,15 @@ class SerialBackend(Backend):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._functions.clear()
+
+    def _announce(self) -> None:
+        """Log, once, what runs the tasks (at the first submit or put: it starts nothing)."""
+        self._announced = True
+        log.info(
+            "serial: tasks run in this process (pid %d), in the calling thread, one at a "
+            "time; no worker process is started",
+            os.getpid(),
+        )
 
 
 def _value(future: Future[Any]) -> Any:

@@ -1,7 +1,8 @@
 """``dask``: tasks run on Dask distributed, in an embedded local cluster or a running cluster.
 
 Without an address, the first task (or ``put``) starts a local cluster of ``workers``
-worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard, as
+worker processes (default ``os.cpu_count()``), bound to 127.0.0.1, without dashboard
+(unless asked for), as
 Dask's ``LocalCluster`` would, but with its scheduler in a process of its own. With
 ``address="tcp://host:8786"`` (or, when ours is unset, Dask's own ``scheduler-address``
 setting, e.g. ``DASK_SCHEDULER_ADDRESS``) a client connects to that scheduler, which we never
@@ -14,6 +15,10 @@ Backend options:
 - ``connect_timeout`` (seconds, default 30): how long to keep trying to reach ``address``.
 - ``threads_per_worker`` (default 1): threads of each embedded worker process, so
   ``workers * threads_per_worker`` tasks run at once. A running cluster has its own.
+- ``dashboard`` (default False): the embedded cluster's scheduler serves Dask's dashboard
+  on 127.0.0.1 (needs bokeh, the ``dashboard`` extra); refused with an address.
+
+Starting, joining or connecting to a cluster logs one INFO line on ``unidist_api``.
 
 How the contract maps onto Dask, one module each:
 

@@ -38,6 +38,12 @@
   an initializer gets its own cluster, since its state would otherwise leak into other
   executors' tasks; on a running cluster, every worker runs the initializers of all the
   executors connected to it.
+- **dashboard** (option, default off): the embedded cluster's scheduler serves Dask's
+  dashboard (bokeh, the ``dashboard`` extra) on 127.0.0.1 at a free port; its URL is
+  logged and in ``describe()``. Without it, no dashboard URL is shown anywhere (Dask's
+  would answer 404). A cluster we connect to has its own dashboard, or none: refused.
+- **Logging**: one INFO line on the ``unidist_api`` logger when an executor starts,
+  joins or connects to its cluster: the address, workers, their resources, the dashboard.
 - **Shutdown** waits (``wait=True``), closes the client and stops the cluster we started
   once its last user is gone; ``wait=False`` does the same in the background. At
   interpreter exit, before ``atexit`` handlers run, tasks not finished are dropped and
@@ -49,6 +55,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import importlib.metadata
+import importlib.util
 import itertools
 import logging
 import os
@@ -63,14 +71,19 @@ from distributed import Client
 from distributed import Future as DaskFuture
 
 from ...data import Embedded, Packed
-from ...errors import BrokenExecutorError, ExecutorShutdownError
+from ...errors import (
+    BackendNotInstalledError,
+    BrokenExecutorError,
+    ExecutorShutdownError,
+    InvalidOptionError,
+)
 from ...exit import on_exit
 from ...futures import Future
 from ...serialization import FunctionCache, dumps_value
 from ...task import DEFAULT_OPTIONS, TaskOptions
 from ...worker import InitializerFailed
 from ..admission import Gate
-from ..base import Backend, Task, packed_value, positive_option, prepare_native
+from ..base import Backend, Task, bool_option, packed_value, positive_option, prepare_native
 from .cancel import cancel_unfinished, cancel_unstarted, started
 from .cluster import EmbeddedCluster, embedded_resources
 from .complete import Completion
@@ -81,7 +94,9 @@ from .resources import Offers, describe_resources, resource_request
 from .timeouts import StuckTasks
 from .worker import STUCK_TOPIC, Initializer, QuietTaskFailures, run
 
-__all__ = ["DaskBackend"]
+__all__ = ["DaskBackend", "check_bokeh"]
+
+log = logging.getLogger(__name__)
 
 
 class DaskBackend(Backend):
@@ -89,7 +104,7 @@ class DaskBackend(Backend):
     honours_timeout = True
     takes_address = True
     fetches = True
-    option_names = frozenset({"connect_timeout", "threads_per_worker"})
+    option_names = frozenset({"connect_timeout", "threads_per_worker", "dashboard"})
 
     def __init__(
         self,
@@ -112,6 +127,16 @@ class DaskBackend(Backend):
             "dask", options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT
         )
         self._threads = int(positive_option("dask", options, "threads_per_worker", 1, integer=True))
+        self._dashboard = bool_option("dask", options, "dashboard", False)
+        if self._dashboard:
+            if self.address is not None:
+                raise InvalidOptionError(
+                    f"dashboard=True starts a dashboard for the embedded cluster, but this "
+                    f"executor connects to the scheduler at {self.address!r}, which serves "
+                    "its own dashboard (if it has bokeh); drop the option"
+                )
+            check_bokeh()
+        self._started_at: str | None = None  # the embedded cluster's address, once started
         self._lock = threading.Lock()
         self._client: Client | None = None
         self._cluster: EmbeddedCluster | None = None  # the embedded cluster we use, if any
@@ -141,6 +166,9 @@ class DaskBackend(Backend):
         if not self._closed:
             self._threads_seen = sum(self._get_client().nthreads().values())
         return max(1, self._threads_seen)
+
+    def engine_address(self) -> str | None:
+        return self.address if self.address is not None else self._started_at
 
     # -- Backend interface -----------------------------------------------------------------
     def check_options(self, options: TaskOptions) -> None:
@@ -305,12 +333,20 @@ class DaskBackend(Backend):
         threads = sum(worker["nthreads"] for worker in workers)
         resources = sorted({describe_resources(worker["resources"]) for worker in workers})
         where = self.address or f"embedded LocalCluster at {info['address']}"
-        return {
+        facts = {
             "address": where,
             "workers": self.workers,
             "worker processes": f"{len(workers)} ({threads} threads)",
             "worker resources": "; ".join(resources) or "none declared",
         }
+        cluster = self._cluster
+        if self.address is None:
+            facts["dashboard"] = (
+                cluster.dashboard
+                if cluster and cluster.dashboard
+                else "off (turn it on with dashboard=True)"
+            )
+        return facts
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -355,14 +391,18 @@ class DaskBackend(Backend):
         try:
             if self.address is not None:
                 client = connect(self.address, self._connect_timeout)
+                _log_connected(client, self.address)
             else:
-                self._cluster = EmbeddedCluster.acquire(
+                self._cluster = cluster = EmbeddedCluster.acquire(
                     self._workers or os.cpu_count() or 1,
                     self._threads,
                     private=self.init_data is not None,
+                    dashboard=self._dashboard,
                 )
-                client = Client(self._cluster.cluster, set_as_default=False)
+                self._started_at = cluster.address
+                client = Client(cluster.cluster, set_as_default=False)
                 client.register_plugin(QuietTaskFailures())
+                _log_embedded(cluster)
             if self.init_data is not None:
                 name = f"unidist-api-initializer-{uuid.uuid4().hex}"
                 try:
@@ -449,6 +489,62 @@ class DaskBackend(Backend):
         finally:
             if cluster is not None:
                 cluster.release()
+
+
+def check_bokeh() -> None:
+    """Raise BackendNotInstalledError unless a bokeh Dask's dashboard can use is installed."""
+    from distributed.versions import BOKEH_REQUIREMENT  # bokeh>=3.1.0 (without importing it)
+
+    found = None
+    if importlib.util.find_spec("bokeh") is not None:
+        try:
+            found = importlib.metadata.version("bokeh")
+        except importlib.metadata.PackageNotFoundError:
+            found = None
+    if found is None or not BOKEH_REQUIREMENT.specifier.contains(found, prereleases=True):
+        have = "bokeh is not installed" if found is None else f"bokeh {found} is installed"
+        raise BackendNotInstalledError(
+            f"dashboard=True needs {BOKEH_REQUIREMENT} for Dask's dashboard, but {have}: "
+            'pip install "unidist-api[dashboard]" (or pip install "bokeh>=3.1")'
+        )
+
+
+def _log_embedded(cluster: EmbeddedCluster) -> None:
+    """The INFO line of an executor that started or joined an embedded cluster."""
+    resources = describe_resources(cluster.resources)
+    log.info(
+        "dask: %s an embedded LocalCluster, scheduler at %s: %d worker processes "
+        "on 127.0.0.1 with %d thread(s) each, each worker offers %s; %s",
+        "started" if cluster.users == 1 else "joined",
+        cluster.address,
+        cluster.workers,
+        cluster.threads,
+        resources,
+        f"dashboard at {cluster.dashboard}" if cluster.dashboard else "no dashboard",
+    )
+
+
+def _log_connected(client: Client, address: str) -> None:
+    """The INFO line of an executor that connected to a running scheduler."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # it costs a round trip
+    try:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    except Exception:  # the line is for information: never fail the start over it
+        log.info("dask: connected to the scheduler at %s", address)
+        return
+    threads = sum(worker.get("nthreads", 0) for worker in workers)
+    memory = sum(worker.get("memory_limit") or 0 for worker in workers)
+    resources = sorted({describe_resources(worker.get("resources") or {}) for worker in workers})
+    log.info(
+        "dask: connected to the scheduler at %s: %d workers, %d threads, memory limit "
+        "%.1f GiB in all, worker resources %s",
+        address,
+        len(workers),
+        threads,
+        memory / 2**30,
+        "; ".join(resources) or "none declared",
+    )
 
 
 def _unregister(client: Client, plugin: str) -> None:

@@ -6,7 +6,7 @@ one worker process), except that its scheduler runs in a process of its own
 (:mod:`.scheduler` says why).
 
 Executors without an initializer share an embedded cluster of the same shape (workers,
-threads), counted by users: starting one costs seconds; the last to let go stops it. An
+threads, dashboard), counted by users: starting one costs seconds; the last to let go stops it. An
 executor with an initializer gets its own, since its state would otherwise leak into
 other executors' tasks. It sets ``distributed.scheduler.allowed-failures`` to
 ``LOST_WORKER_RETRIES`` (3, as on every backend).
@@ -46,14 +46,17 @@ HEAL_EVERY = 1.0  # seconds between checks that the embedded cluster has all its
 class EmbeddedCluster:
     """An embedded ``LocalCluster``, how many executors use it, and its healer thread."""
 
-    _shared: ClassVar[dict[tuple[int, int], EmbeddedCluster]] = {}
+    _shared: ClassVar[dict[tuple[int, int, bool], EmbeddedCluster]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, workers: int, threads: int, key: tuple[int, int] | None) -> None:
+    def __init__(
+        self, workers: int, threads: int, dashboard: bool, key: tuple[int, int, bool] | None
+    ) -> None:
         self.resources = embedded_resources(workers, threads)
         self.key = key
         self.users = 0
         self.workers = workers
+        self.threads = threads
         _keep_main_out_of_workers()
         worker = {
             "cls": Nanny,
@@ -70,24 +73,33 @@ class EmbeddedCluster:
         self.cluster = SpecCluster(  # what LocalCluster builds, the scheduler outside
             scheduler={
                 "cls": SchedulerProcess,
-                "options": {"allowed_failures": LOST_WORKER_RETRIES},
+                "options": {"allowed_failures": LOST_WORKER_RETRIES, "dashboard": dashboard},
             },
             workers={i: worker for i in range(workers)},
             worker=worker,
             silence_logs=logging.WARNING,
         )
+        #: the scheduler's ``tcp://127.0.0.1:port``
+        self.address: str = self.cluster.scheduler_address
+        #: the dashboard's URL (``http://127.0.0.1:port/status``), None without one
+        self.dashboard: str | None = (self.cluster.dashboard_link or None) if dashboard else None
         self.healed = 0  # nannies started again after Dask closed them
         self._stop = threading.Event()
         threading.Thread(target=self._heal, daemon=True, name="unidist-api-dask-heal").start()
 
     @classmethod
-    def acquire(cls, workers: int, threads: int, *, private: bool) -> EmbeddedCluster:
-        """A cluster of this shape: a new one if ``private``, else the shared one."""
+    def acquire(
+        cls, workers: int, threads: int, *, private: bool, dashboard: bool = False
+    ) -> EmbeddedCluster:
+        """A cluster of this shape: a new one if ``private``, else the shared one.
+
+        ``users`` is 1 afterwards when this call started it.
+        """
         with cls._lock:
-            key = None if private else (workers, threads)
+            key = None if private else (workers, threads, dashboard)
             cluster = cls._shared.get(key) if key is not None else None
             if cluster is None:
-                cluster = cls(workers, threads, key)
+                cluster = cls(workers, threads, dashboard, key)
                 if key is not None:
                     cls._shared[key] = cluster
             cluster.users += 1

@@ -10,11 +10,17 @@ ms against ~80; a 3-stage pipeline of 5 ms tasks took 1.6-2x as long.
 
 :class:`SchedulerProcess` is the scheduler's entry in the cluster's spec (Dask's
 ``SpecCluster`` starts and closes it as it would a ``Scheduler``): it runs
-:func:`main` in a new Python (``PARENT ALLOWED_FAILURES`` as arguments), which serves a
-``distributed.Scheduler`` on 127.0.0.1 at a free port, writes its address on stdout, logs
-warnings and errors only (on its stderr, which is the caller's), and ends when it is
-closed or when its parent process is gone: a caller that is killed leaves no scheduler
-behind (its workers' nannies, in the caller, go with it).
+:func:`main` in a new Python (``PARENT ALLOWED_FAILURES DASHBOARD`` as arguments), which
+serves a ``distributed.Scheduler`` on 127.0.0.1 at a free port, writes its address on
+stdout, logs warnings and errors only (on its stderr, which is the caller's), and ends
+when it is closed or when its parent process is gone: a caller that is killed leaves no
+scheduler behind (its workers' nannies, in the caller, go with it).
+
+The scheduler always serves HTTP (``/health``, ``/metrics``) at a free port on
+127.0.0.1; with ``dashboard`` it serves Dask's dashboard there too (bokeh). Without it,
+Dask would still report that server as its ``dashboard`` service, and ``Client`` (its
+repr, ``dashboard_link``) would show a dashboard URL that answers 404: the service is
+renamed ``http``, so no dashboard is reported.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ _PARENT_CHECK = 0.5  # seconds between two looks at whether the parent is still 
 class SchedulerProcess(ProcessInterface):
     """A ``distributed.Scheduler`` in a child process, as a ``SpecCluster`` scheduler."""
 
-    def __init__(self, allowed_failures: int, **_: Any) -> None:
+    def __init__(self, allowed_failures: int, dashboard: bool = False, **_: Any) -> None:
         self.allowed_failures = allowed_failures
+        self.dashboard = dashboard
         self.process: asyncio.subprocess.Process | None = None
         super().__init__()
 
@@ -48,6 +55,7 @@ class SchedulerProcess(ProcessInterface):
             f"from {__name__} import main; main()",
             str(os.getpid()),
             str(self.allowed_failures),
+            "1" if self.dashboard else "0",
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -74,18 +82,20 @@ class SchedulerProcess(ProcessInterface):
         await super().close()
 
 
-async def _serve(parent: int, allowed_failures: int) -> None:
+async def _serve(parent: int, allowed_failures: int, dashboard: bool) -> None:
     from distributed import Scheduler
     from distributed.core import Status
 
     scheduler = Scheduler(
         host="127.0.0.1",
         port=0,
-        dashboard=False,
+        dashboard=dashboard,
         dashboard_address="127.0.0.1:0",
         allowed_failures=allowed_failures,
     )
     await scheduler
+    if not dashboard and "dashboard" in scheduler.services:  # no dead dashboard URL
+        scheduler.services["http"] = scheduler.services.pop("dashboard")
     print(scheduler.address, flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from now on:
     # anything printed later (code run on the scheduler) goes where its warnings go
@@ -97,9 +107,10 @@ async def _serve(parent: int, allowed_failures: int) -> None:
 
 
 def main() -> None:
-    """The child's program (``python -c``, argv: parent pid, allowed failures)."""
+    """The child's program (``python -c``, argv: parent pid, allowed failures, dashboard)."""
     parent, allowed_failures = int(sys.argv[1]), int(sys.argv[2])
+    dashboard = sys.argv[3:4] == ["1"]
     import distributed  # noqa: F401  (sets up its loggers, at INFO: warnings only here)
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    asyncio.run(_serve(parent, allowed_failures))
+    asyncio.run(_serve(parent, allowed_failures, dashboard))

@@ -96,13 +96,18 @@ class LocalBackend(Backend):
                         "the executor was shut down before this task could run again "
                         "after its worker died"
                     )
-                if self._pool is not None:  # a worker died and broke the pool: replace it
+                replacing = self._pool is not None
+                if replacing:  # a worker died and broke the pool: replace it
                     self._pool.shutdown(wait=False, kill_workers=True)
                     self._broken = False
                 if self.init_data is not None and self._init_note is None:
                     self._init_note = self._stuck.path()
                 self._pool = pools.new_pool(
-                    self.workers, self.init_data, self.options.get("env"), self._init_note
+                    self.workers,
+                    self.init_data,
+                    self.options.get("env"),
+                    self._init_note,
+                    replacing=replacing,
                 )
             return self._pool
 

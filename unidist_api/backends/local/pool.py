@@ -10,6 +10,7 @@ files they may still write are removed once they are gone (:class:`LostResults`)
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ __all__ = [
     "LostResults",
     "THREAD_VARS",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Environment variables that size native thread pools; each worker gets
 #: ``cpu_count // workers`` unless the caller's environment or the ``env`` option says.
@@ -63,16 +66,32 @@ def new_pool(
     init_data: bytes | None,
     env: Mapping[str, str] | None,
     init_note: str | None = None,
+    *,
+    replacing: bool = False,
 ) -> Any:
-    """A loky pool; ``init_note``: where a worker whose initializer fails leaves a note."""
+    """A loky pool; ``init_note``: where a worker whose initializer fails leaves a note.
+
+    Logs at INFO that it started (``replacing``: in place of a broken one).
+    """
     import loky  # deferred: loky is imported when the backend is first used
 
-    return loky.ProcessPoolExecutor(
+    variables = worker_env(workers, env)
+    pool = loky.ProcessPoolExecutor(
         max_workers=workers,
         initializer=start_worker,
         initargs=(os.getpid(), init_data, init_note),
-        env=worker_env(workers, env),
+        env=variables,
     )
+    log.info(
+        "local: %s a process pool (loky) of %d worker processes on this machine, children "
+        "of pid %d, native thread pools limited to OMP_NUM_THREADS=%s each%s",
+        "a worker process died: started a new" if replacing else "started",
+        workers,
+        os.getpid(),
+        variables.get("OMP_NUM_THREADS", "?"),
+        "; an initializer runs in each" if init_data is not None else "",
+    )
+    return pool
 
 
 def is_broken(exc: BaseException) -> bool:

@@ -29,6 +29,13 @@ Backend options:
 - ``runtime_env`` (dict): Ray's runtime environment for this executor's tasks, e.g.
   ``{"env_vars": {"OMP_NUM_THREADS": "1"}}`` or ``{"pip": [...]}``; Ray runs such
   tasks in worker processes of their own.
+- ``dashboard`` (bool, default False): the private local Ray serves Ray's dashboard on
+  127.0.0.1 (it needs ``ray[default]``; without it BackendNotInstalledError says so);
+  its URL is logged and in ``describe()``. Refused with an address: a cluster has its
+  own dashboard.
+
+Starting, connecting to or joining the process's Ray logs one INFO line on the
+``unidist_api`` logger: where, the nodes, their CPUs and memory, the dashboard.
 """
 
 from __future__ import annotations
@@ -58,12 +65,14 @@ from ..base import (
     LOST_WORKER_RETRIES,
     Backend,
     Task,
+    bool_option,
     packed_value,
     positive_option,
     prepare_native,
 )
 from . import data
 from .complete import RayFuture, loaded
+from .connect import check_dashboard
 from .errors import initializers
 from .runtime import Runtime, acquire, describe_resources, release
 from .worker import SPECS_MAX
@@ -82,7 +91,7 @@ class RayBackend(Backend):
     name = "ray"
     honours_timeout = True
     takes_address = True
-    option_names = frozenset({"connect_timeout", "runtime_env"})
+    option_names = frozenset({"connect_timeout", "runtime_env", "dashboard"})
     fetches = True
 
     def __init__(
@@ -108,6 +117,17 @@ class RayBackend(Backend):
                 f"runtime_env must be a dict (Ray's runtime environment), got {runtime_env!r}"
             )
         self._runtime_env = dict(runtime_env) if runtime_env else None
+        self._dashboard = bool_option("ray", options, "dashboard", False)
+        if self._dashboard:
+            if self.target() is not None:
+                raise InvalidOptionError(
+                    "dashboard=True starts a dashboard with the private local Ray, but this "
+                    f"executor connects to the Ray cluster at {self.target()!r}, whose "
+                    "dashboard is its own (`ray start --head --include-dashboard=true`); "
+                    "drop the option"
+                )
+            check_dashboard()
+        self._address: str | None = None  # where the Ray we use runs, once started
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._functions = FunctionCache()
@@ -128,9 +148,15 @@ class RayBackend(Backend):
         if runtime is None:
             with self._lock:
                 if self._runtime is None:
-                    self._runtime = acquire(self.target(), self._workers, self.connect_timeout)
+                    self._runtime = acquire(
+                        self.target(), self._workers, self.connect_timeout, self._dashboard
+                    )
+                    self._address = self._runtime.address
                 runtime = self._runtime
         return runtime
+
+    def engine_address(self) -> str | None:
+        return self._address or self.target()
 
     @property
     def workers(self) -> int:
@@ -149,6 +175,12 @@ class RayBackend(Backend):
             "workers": self.workers,
             "nodes": len(nodes),
             "resources": describe_resources(totals),
+            "dashboard": runtime.dashboard
+            or (
+                "off (turn it on with dashboard=True)"
+                if runtime.ours and runtime.target is None
+                else "none known"
+            ),
             "ray": ray.__version__,
         }
 

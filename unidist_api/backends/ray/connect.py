@@ -3,7 +3,8 @@
 Without an address (ours, or Ray's own ``RAY_ADDRESS`` environment variable when ours
 is unset) the first task starts a private local Ray (``address="local"`` semantics:
 never attach to a Ray someone else started) with ``num_cpus = workers`` (default
-``os.cpu_count()``), no dashboard, usage stats off, every process of it bound to
+``os.cpu_count()``), no dashboard (unless the ``dashboard`` option asks for one, on
+127.0.0.1: it needs ``ray[default]``), usage stats off, every process of it bound to
 127.0.0.1, and we stop it again, at the latest at interpreter exit. With an address
 (``"auto"``, ``"host:port"``, ``"ray://host:10001"``) we connect, and ``shutdown()``
 only disconnects: we never stop a cluster we did not start.
@@ -24,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 from ray._private import ray_constants
@@ -31,23 +33,47 @@ from ray._private import ray_constants
 from ...errors import BackendNotInstalledError, ClusterConnectionError
 from ..base import check_listening, hash_seed
 
-__all__ = ["start_local", "connect"]
+__all__ = ["start_local", "connect", "check_dashboard"]
+
+LOOPBACK = "127.0.0.1"
 
 
-def start_local(workers: int | None) -> None:
+def check_dashboard() -> None:
+    """Raise BackendNotInstalledError unless Ray's dashboard can start (``ray[default]``)."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    missing = get_dashboard_dependency_error()
+    if missing is not None:
+        raise BackendNotInstalledError(
+            "dashboard=True needs Ray's dashboard, which this Ray installation lacks "
+            f'({missing}): pip install "ray[default]" (the same version as ray, '
+            f"{ray.__version__})"
+        ) from missing
+
+
+def start_local(workers: int | None, dashboard: bool = False) -> tuple[str, str | None]:
     """Start the private local Ray, every process of it bound to 127.0.0.1, its worker
-    processes all with one ``PYTHONHASHSEED`` (the raylet's, which they inherit)."""
+    processes all with one ``PYTHONHASHSEED`` (the raylet's, which they inherit).
+
+    Returns its GCS address (``127.0.0.1:port``) and its dashboard's URL (None without).
+    """
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     saved = os.environ.get("PYTHONHASHSEED")
     os.environ["PYTHONHASHSEED"] = hash_seed()  # for the processes ray.init starts
     try:
         with _loopback_only():
-            ray.init(
+            context: Any = ray.init(  # a RayContext (typed as its base class)
                 address="local",
                 num_cpus=workers or os.cpu_count() or 1,
-                include_dashboard=False,
+                include_dashboard=dashboard,
+                dashboard_host=LOOPBACK,
                 logging_level=logging.ERROR,
             )
+        info = context.address_info
+        url = context.dashboard_url if dashboard else None
+        if url and "://" not in url:
+            url = f"http://{url}"
+        return str(info["gcs_address"]), url or None
     finally:
         if saved is None:
             del os.environ["PYTHONHASHSEED"]

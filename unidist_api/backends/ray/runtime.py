@@ -20,6 +20,7 @@ import atexit
 import collections
 import concurrent.futures as cf
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -44,18 +45,30 @@ __all__ = ["Runtime", "acquire", "release", "describe_resources", "NODES_MAX_AGE
 
 NODES_MAX_AGE = 60.0  # seconds the cluster's node resources are cached
 
+log = logging.getLogger(__name__)
+
 
 class Runtime:
     """Our use of the process's Ray, shared by every RayBackend and counted.
 
     ``target`` is the address connected to (None: the private local Ray); ``ours``
-    says we called ``ray.init`` and so call ``ray.shutdown``. All its state is
-    guarded by the module's ``_lock``.
+    says we called ``ray.init`` and so call ``ray.shutdown``. ``address`` is where it
+    runs (the private Ray's GCS ``127.0.0.1:port``, else ``target`` or the program's own
+    Ray's GCS address), ``dashboard`` the private Ray's dashboard URL, if it has one. All
+    its state is guarded by the module's ``_lock``.
     """
 
-    def __init__(self, target: str | None, ours: bool) -> None:
+    def __init__(
+        self,
+        target: str | None,
+        ours: bool,
+        address: str | None = None,
+        dashboard: str | None = None,
+    ) -> None:
         self.target = target
         self.ours = ours
+        self.address = address or target
+        self.dashboard = dashboard
         self.users = 0
         self.closed = False
         self.closing = False  # no users left; close when the last pending task finishes
@@ -77,7 +90,7 @@ class Runtime:
     def where(self) -> str:
         if not self.ours:
             return "the Ray this program started with ray.init()"
-        return self.target or "a private local Ray on 127.0.0.1"
+        return self.target or f"a private local Ray at {self.address or '127.0.0.1'}"
 
     def track(self, future: RayFuture[Any]) -> None:
         """A submitted task: pending until done, watched once something waits for it."""
@@ -155,13 +168,26 @@ _current: Runtime | None = None
 _exit_hook_registered = False
 
 
-def acquire(target: str | None, workers: int | None, timeout: float) -> Runtime:
-    """The process's runtime for ``target``, started or connected on first need."""
+def acquire(
+    target: str | None, workers: int | None, timeout: float, dashboard: bool = False
+) -> Runtime:
+    """The process's runtime for ``target``, started or connected on first need.
+
+    ``dashboard``: the private Ray we start serves Ray's dashboard (on 127.0.0.1).
+    Logs at INFO what was started or joined.
+    """
     global _current
     with _lock:
         runtime = _current
         if runtime is None or runtime.closed:
-            runtime = _current = _open(target, workers, timeout)
+            if dashboard and ray.is_initialized():
+                raise InvalidOptionError(
+                    "dashboard=True starts a dashboard with the private Ray we start, but "
+                    "this program already started Ray with ray.init(), which we use as it "
+                    "is: pass include_dashboard=True to ray.init instead"
+                )
+            runtime = _current = _open(target, workers, timeout, dashboard)
+            how = "started" if runtime.ours and target is None else "connected to"
         elif runtime.ours and runtime.target != target:
             want = target or "a private local Ray"
             raise InvalidOptionError(
@@ -169,9 +195,53 @@ def acquire(target: str | None, workers: int | None, timeout: float) -> Runtime:
                 f"and Ray allows one connection per process, so it cannot also use {want}; "
                 "shut the other ray executors down first, or give them the same address"
             )
+        elif dashboard and runtime.dashboard is None:
+            raise InvalidOptionError(
+                f"dashboard=True, but this process already uses {runtime.where} without a "
+                "dashboard through another 'ray' executor, and Ray allows one per process: "
+                "shut the other ray executors down first, or give them dashboard=True too"
+            )
+        else:
+            how = "joined"
+        if not runtime.ours:
+            how = "uses"
         runtime.users += 1
         runtime.closing = False
-        return runtime
+    _log_start(runtime, how)
+    return runtime
+
+
+def _log_start(runtime: Runtime, how: str) -> None:
+    """The INFO line of an executor that started, connected to or joined ``runtime``."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    try:
+        nodes = runtime.nodes()
+    except Exception:  # the line is for information: never fail the start over it
+        nodes = []
+    totals = {
+        name: sum(node.get(name, 0.0) for node in nodes)
+        for name in ("CPU", "GPU", "memory", "object_store_memory")
+    }
+    if not totals["GPU"]:
+        del totals["GPU"]
+    what = runtime.where
+    if runtime.ours and runtime.target is None:
+        what = f"a private local Ray, GCS at {runtime.address}, every process on 127.0.0.1"
+    elif runtime.address and runtime.address != runtime.target:
+        what += f" (GCS at {runtime.address})"
+    log.info(
+        "ray: %s %s: %d node(s), %s; %s",
+        how,
+        what,
+        len(nodes),
+        describe_resources(totals),
+        f"dashboard at {runtime.dashboard}"
+        if runtime.dashboard
+        else "no dashboard"
+        if runtime.ours and runtime.target is None
+        else "no dashboard known",
+    )
 
 
 def release(runtime: Runtime) -> None:
@@ -220,19 +290,39 @@ def _at_exit() -> None:
         _close(runtime, exiting=True)
 
 
-def _open(target: str | None, workers: int | None, timeout: float) -> Runtime:
+def _open(target: str | None, workers: int | None, timeout: float, dashboard: bool) -> Runtime:
     global _exit_hook_registered
     if ray.is_initialized():  # the program's own ray.init(): use it, never stop it
-        runtime = Runtime(None, ours=False)
+        runtime = Runtime(None, ours=False, address=_gcs_address(), dashboard=_dashboard_url())
     elif target is None:
-        start_local(workers)
-        runtime = Runtime(None, ours=True)
+        address, url = start_local(workers, dashboard)
+        runtime = Runtime(None, ours=True, address=address, dashboard=url)
     else:
         connect(target, timeout)
-        runtime = Runtime(target, ours=True)
+        runtime = Runtime(target, ours=True, address=target, dashboard=_dashboard_url())
     if not _exit_hook_registered:
         _exit_hook_registered = True
         atexit.register(_at_exit)
     arm()  # executors finish their work before anything Ray started at exit is stopped
     exit_on_sigterm_at_once()  # ray.init's SIGTERM handler exits through our exit hook
     return runtime
+
+
+def _dashboard_url() -> str | None:
+    """The dashboard URL of the Ray this process is connected to (not ours), if Ray knows one."""
+    try:
+        node: Any = ray._private.worker._global_node
+        url = node.webui_url
+    except Exception:  # a Ray Client connection, another Ray version: not known
+        return None
+    if not url:
+        return None
+    return str(url) if "://" in url else f"http://{url}"
+
+
+def _gcs_address() -> str | None:
+    """The GCS address of the Ray this process is connected to, if Ray says."""
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # a Ray Client connection has none to tell
+        return None
