@@ -176,19 +176,6 @@ def test_ray_dashboard_without_its_dependencies_names_what_to_install() -> None:
         ua.Executor("ray", dashboard=True)
 
 
-def test_ray_dashboard_answers_on_loopback() -> None:
-    pytest.importorskip("ray")
-    if _ray_dashboard_missing():
-        pytest.skip('Ray\'s dashboard needs "ray[default]", not installed here')
-    report, phases = _run("ray", dashboard=True)
-    describe = report["describe"]
-    assert isinstance(describe, dict)
-    url = describe["dashboard"]
-    assert url.startswith("http://127.0.0.1:"), describe
-    assert report["dashboard status"] == 200
-    assert f"dashboard at {url}" in _ours(phases["first"])[0]
-
-
 def test_dask_dashboard_without_bokeh_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
     import importlib.util
@@ -229,12 +216,8 @@ def test_address_is_the_running_cluster_or_none(ua_backend: ua.Executor) -> None
     assert "http" not in str(facts["dashboard"])  # none unless asked for
 
 
-def test_a_fresh_executor_logs_its_start_once(
-    ua_backend: ua.Executor, caplog: pytest.LogCaptureFixture
-) -> None:
-    name = ua_backend.backend
-    if name in ("dask", "ray"):
-        pytest.skip("started in a subprocess: test_dask_logs_..., test_ray_logs_...")
+@pytest.mark.parametrize("name", ["serial", "local"])  # dask, ray: in a subprocess (below)
+def test_a_fresh_executor_logs_its_start_once(name: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="unidist_api")
     with ua.Executor(name, workers=2) as ex:
         assert ex.address is None

@@ -55,7 +55,9 @@ _registry: dict[str, _Entry] = {
         "unidist_api.backends.dask:DaskBackend",
         "dask",
         BackendFacts(
-            ("dask", "distributed"), True, frozenset({"connect_timeout", "threads_per_worker"})
+            ("dask", "distributed"),
+            True,
+            frozenset({"connect_timeout", "threads_per_worker", "dashboard"}),
         ),
     ),
     "local": _Entry(
@@ -66,7 +68,7 @@ _registry: dict[str, _Entry] = {
     "ray": _Entry(
         "unidist_api.backends.ray:RayBackend",
         "ray",
-        BackendFacts(("ray",), True, frozenset({"connect_timeout", "runtime_env"})),
+        BackendFacts(("ray",), True, frozenset({"connect_timeout", "runtime_env", "dashboard"})),
     ),
     "serial": _Entry(
         "unidist_api.backends.serial:SerialBackend", None, BackendFacts((), False, frozenset())
