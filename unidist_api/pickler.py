@@ -16,7 +16,6 @@ from __future__ import annotations
 import copyreg
 import io
 import linecache
-import os
 import types
 from collections.abc import Callable
 from typing import Any
@@ -85,14 +84,14 @@ def remember_source(filename: str, first: int, lines: tuple[str, ...]) -> None:
     """Enter ``lines`` (from line ``first`` on) as the source of ``filename`` in linecache,
     unless this process can read the file itself."""
     entry = linecache.cache.get(filename)
-    if entry is not None and len(entry) == 4 and entry[1] is None and filename in _remembered:
+    if entry is not None and len(entry) == 4 and entry[1] is None:
+        if filename not in _remembered:
+            return  # a loader's source (an IPython cell): Python's own
         known = list(entry[2])  # ours: add these lines
-    elif entry is not None and len(entry) == 4:
-        return  # read from the file (or from a loader): Python's own source
     elif _readable(filename):
-        return
+        return  # linecache reads the file, as Python does
     else:
-        known = []
+        known = []  # (an entry read from the file before it went would be dropped)
     end = first - 1 + len(lines)
     if len(known) < end:
         known += ["\n"] * (end - len(known))
@@ -106,8 +105,6 @@ _remembered: set[str] = set()  # the file names whose linecache entry is ours
 
 
 def _readable(filename: str) -> bool:
-    if not os.path.isabs(filename):
-        return False
     try:
         with open(filename, "rb"):
             return True
