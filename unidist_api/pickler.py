@@ -16,6 +16,7 @@ from __future__ import annotations
 import copyreg
 import io
 import linecache
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -23,53 +24,74 @@ from typing import Any
 __all__ = ["dumps"]
 
 _pickler: Any = None  # the Pickler class, made at the first dumps (cloudpickle is deferred)
+_copyreg_size = [-1]  # len(copyreg.dispatch_table) when the Pickler's table was made
+_cloudpickle_code_reduce: list[Any] = []  # cloudpickle's reducer for code objects
+_local = threading.local()  # .sent: the source lines the pickle being made carries already
 
 
 def dumps(obj: Any, buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
     """``cloudpickle.dumps(obj, protocol=5, buffer_callback=...)``, code kept where it lives."""
-    with io.BytesIO() as file:
-        (_pickler or _make_pickler())(file, 5, buffer_callback).dump(obj)
-        return file.getvalue()
+    pickler = _pickler
+    if pickler is None or len(copyreg.dispatch_table) != _copyreg_size[0]:
+        pickler = _make_pickler()
+    outer = getattr(_local, "sent", None)  # a reducer may pickle something itself
+    _local.sent = None
+    try:
+        with io.BytesIO() as file:
+            pickler(file, 5, buffer_callback).dump(obj)
+            return file.getvalue()
+    finally:
+        _local.sent = outer
 
 
 def _make_pickler() -> Any:
+    """Our Pickler: cloudpickle's, with its own reducer for code objects.
+
+    Its ``dispatch_table`` is a plain dict (cloudpickle's reducers over copyreg's, as
+    cloudpickle's ChainMap), made again when a reducer is registered with copyreg.
+    """
     global _pickler
     import cloudpickle
 
-    code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
-    own = cloudpickle.Pickler._dispatch_table  # cloudpickle's reducers (before copyreg's)
+    table = {**copyreg.dispatch_table, **cloudpickle.Pickler._dispatch_table}
+    _cloudpickle_code_reduce[:] = [table[types.CodeType]]
+    table[types.CodeType] = _reduce_code
+    _copyreg_size[0] = len(copyreg.dispatch_table)
+    if _pickler is None:
 
-    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-        def __init__(self, file: Any, protocol: int, buffer_callback: Any) -> None:
-            # per pickle: which source lines went already (a nested function's are
-            # within its outer function's); set before the C pickler reads it
-            self._sent: dict[str, list[tuple[int, int]]] = {}
-            table = {**copyreg.dispatch_table, **own, types.CodeType: self._reduce_code}
-            self.dispatch_table = table
-            super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            pass
 
-        def _reduce_code(self, code: types.CodeType) -> Any:
-            make, args = code_reduce(code)
-            filename = code.co_filename
-            args = tuple(filename if arg == "<dynamic-code>" else arg for arg in args)
-            if make is not types.CodeType:  # another cloudpickle: keep its way
-                return make, args
-            return _load_code, (args, *self._source(code))
+        _pickler = Pickler
+    _pickler.dispatch_table = table
+    return _pickler
 
-        def _source(self, code: types.CodeType) -> tuple[int, tuple[str, ...]]:
-            filename = code.co_filename
-            numbers = [line for _, _, line in code.co_lines() if line is not None]
-            first, last = code.co_firstlineno, max(numbers, default=code.co_firstlineno)
-            sent = self._sent.setdefault(filename, [])
-            if any(a <= first and last <= b for a, b in sent):
-                return first, ()
-            lines = linecache.getlines(filename)[first - 1 : last]
-            if lines:
-                sent.append((first, last))
-            return first, tuple(lines)
 
-    _pickler = Pickler
-    return Pickler
+def _reduce_code(code: types.CodeType) -> Any:
+    make, args = _cloudpickle_code_reduce[0](code)
+    filename = code.co_filename
+    args = tuple(filename if arg == "<dynamic-code>" else arg for arg in args)
+    if make is not types.CodeType:  # another cloudpickle: keep its way
+        return make, args
+    return _load_code, (args, *_source(code))
+
+
+def _source(code: types.CodeType) -> tuple[int, tuple[str, ...]]:
+    """The first line number and the source lines of ``code``; none when the pickle
+    carries them already (a nested function's or a comprehension's are its outer one's)."""
+    filename = code.co_filename
+    numbers = [line for _, _, line in code.co_lines() if line is not None]
+    first, last = code.co_firstlineno, max(numbers, default=code.co_firstlineno)
+    sent = _local.sent
+    if sent is None:
+        sent = _local.sent = {}
+    spans = sent.setdefault(filename, [])
+    if any(a <= first and last <= b for a, b in spans):
+        return first, ()
+    lines = linecache.getlines(filename)[first - 1 : last]
+    if lines:
+        spans.append((first, last))
+    return first, tuple(lines)
 
 
 def _load_code(args: tuple[Any, ...], first: int, lines: tuple[str, ...]) -> types.CodeType:
@@ -105,8 +127,17 @@ _remembered: set[str] = set()  # the file names whose linecache entry is ours
 
 
 def _readable(filename: str) -> bool:
-    try:
-        with open(filename, "rb"):
-            return True
-    except OSError:
-        return False
+    """Whether this process can read ``filename`` (asked once per file: a by-value class
+    in a task's arguments brings its methods' code with every batch)."""
+    known = _readable_files.get(filename)
+    if known is None:
+        try:
+            with open(filename, "rb"):
+                known = True
+        except OSError:
+            known = False
+        _readable_files[filename] = known
+    return known
+
+
+_readable_files: dict[str, bool] = {}
