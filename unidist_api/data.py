@@ -89,7 +89,7 @@ def pack(obj: Any) -> bytes | Packed:
     them (into its store, a file, a socket) before ``obj`` can change, or share them
     read-only.
     """
-    import cloudpickle  # deferred: keeps ``import unidist_api`` light
+    from .pickler import dumps
 
     buffers: list[PickleBuffer] = []
 
@@ -99,9 +99,9 @@ def pack(obj: Any) -> bytes | Packed:
             return False
         return True  # in band: unpickling makes a private copy
 
-    header = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    header = dumps(obj, buffer_callback=out_of_band)
     if not buffers:
-        return header  # type: ignore[no-any-return]
+        return header
     return Packed(header, *buffers)
 
 

@@ -94,9 +94,15 @@ class Future(cf.Future[T], Generic[T]):
         self.set_result(_Serialized(data, loads))  # type: ignore[arg-type]
 
     def set_remote_exception(self, exc: BaseException, tb: str | None) -> None:
-        """Complete with a task's exception, attaching the remote traceback text."""
+        """Complete with a task's exception, attaching the remote traceback text.
+
+        The traceback an engine restored on the exception (Dask: its worker's frames and
+        ours) gives way to that text, which starts at the task's function as on every
+        backend: the caller's traceback then shows only the caller's frames.
+        """
         if tb:
             exc.__cause__ = RemoteTraceback(tb)
+            exc.__traceback__ = None
         self.set_exception(exc)
 
     def set_loaded(self, value: Any) -> None:

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import pickler
 from .data import Packed, pack
 from .errors import SerializationError
 
@@ -35,10 +36,11 @@ loads = pickle.loads
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` with cloudpickle (protocol 5). Used as is on workers."""
-    import cloudpickle  # deferred: keeps ``import unidist_api`` light
+    """Pickle ``obj`` with cloudpickle (protocol 5). Used as is on workers.
 
-    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+    Code shipped by value keeps its file name and source lines (:mod:`.pickler`).
+    """
+    return pickler.dumps(obj)
 
 
 def dumps_for_workers(obj: Any) -> bytes:

@@ -223,10 +223,7 @@ def _prepare(failed: _Failed) -> BaseException:
     """The exception to raise in the engine, with what the caller needs attached."""
     exc, tb, partial = failed.exc, failed.tb, failed.partial
     text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-    try:
-        loads(dumps(exc))
-    except Exception:
-        exc = TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    exc = sendable(exc)
     exc.__dict__["_ua_traceback"] = text
     if partial:
         try:
@@ -332,16 +329,69 @@ def dump_error(exc: BaseException, tb: Any, partial: list[Any] | None = None) ->
     pickled and rebuilt becomes :class:`~unidist_api.errors.TaskError`.
     """
     text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-    try:
-        data = dumps(exc)
-        loads(data)  # some exceptions pickle but cannot be rebuilt: check here, not in the caller
-    except Exception:
-        exc = TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    exc = sendable(exc)
     try:
         data = dumps((exc, partial or None))
     except Exception:  # an unpicklable earlier result: report the error alone
         data = dumps((exc, None))
     return (ERROR, data, text)
+
+
+def sendable(exc: BaseException) -> BaseException:
+    """``exc`` made to pickle as itself: same type, same ``str``; else a TaskError.
+
+    Python pickles an exception as ``type(exc)(*exc.args)``, which runs ``__init__``
+    again on its message: ``E(7)`` whose ``__init__`` makes the message ``f"failed with
+    code {code}"`` would come back as ``failed with code failed with code 7`` (or not at
+    all, when ``__init__`` cannot take the message). Such an exception is pickled as
+    plain objects are instead: made without ``__init__``, with its ``args`` and attributes.
+    Some exceptions pickle but cannot be rebuilt: checked here, not in the caller.
+    """
+    if _same(exc):
+        return exc
+    state = exc.__dict__
+    state.pop("__reduce_ex__", None)
+    state["__reduce_ex__"] = functools.partial(_reduce_exception, exc)
+    if _same(exc):
+        return exc
+    del state["__reduce_ex__"]
+    try:
+        loads(dumps(exc))
+    except Exception:
+        return TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {_text(exc)}")
+    return exc  # rebuilt, if not quite as it was
+
+
+def _same(exc: BaseException) -> bool:
+    try:
+        back = loads(dumps(exc))
+        return type(back) is type(exc) and _text(back) == _text(exc)
+    except Exception:
+        return False
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _reduce_exception(exc: BaseException, protocol: int) -> tuple[Any, ...]:
+    """An exception's own reduction (see :func:`sendable`): its args, its attributes."""
+    state = {k: v for k, v in exc.__dict__.items() if k != "__reduce_ex__"}
+    return (rebuild_exception, (type(exc), exc.args, state))
+
+
+def rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    """An exception as it was pickled, made without calling its ``__init__``."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__setstate__(state)
+    return exc
 
 
 def run_initializer(data: bytes) -> None:
@@ -377,12 +427,7 @@ class InitializerFailed(Exception):
     def of(cls, exc: BaseException, token: str = "") -> InitializerFailed:
         tb = exc.__traceback__
         text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-        try:
-            data = dumps(exc)
-            loads(data)
-        except Exception:
-            data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
-        return cls(data, text, token)
+        return cls(dumps(sendable(exc)), text, token)
 
     def error(self) -> BaseException:
         """In the caller: the initializer's exception, its ``__cause__`` the traceback."""

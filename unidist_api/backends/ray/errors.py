@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 import ray.exceptions as rex
 
-from ...errors import ExecutorShutdownError, TaskError, UnidistError, WorkerLostError
+from ...errors import ExecutorShutdownError, UnidistError, WorkerLostError
 from ...futures import RemoteFailure
 from ...serialization import dumps, loads, task_name
-from ...worker import InitializerFailed, failure_details
+from ...worker import InitializerFailed, failure_details, sendable
 from ..base import LOST_WORKER_RETRIES, broken_error, worker_lost
 
 if TYPE_CHECKING:
@@ -101,11 +101,7 @@ class TaskFailed(Exception):
         state = exc.__dict__
         if "_ua_traceback" not in state:  # raised outside run_native (the initializer)
             state["_ua_traceback"] = "".join(traceback.format_exception(exc))
-        try:
-            data = dumps(exc)
-            loads(data)
-        except Exception:
-            data = dumps(TaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"))
+        data = dumps(sendable(exc))
         return cls(data, ray.get_runtime_context().get_task_id() or "")
 
     def failure(self, ref: Any) -> RemoteFailure:
