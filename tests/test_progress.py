@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import unidist_api as ua
-from unidist_api.mapping import TextProgress, progress_bar
+from unidist_api.progress import TextProgress, progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 

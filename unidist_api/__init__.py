@@ -20,8 +20,8 @@ from .current import current_executor, current_runner, shutdown, use
 from .errors import BrokenExecutorError
 from .executor import Executor, as_completed, gather, wait
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
-from .mapping import Progress
 from .pipeline import Pipeline, Stage, stage
+from .progress import Progress
 from .reduce import MISSING
 from .registry import backends
 from .task import TaskFunction, TaskOptions, task

@@ -24,8 +24,9 @@ from .errors import InvalidOptionError
 from .exit import on_exit
 from .futures import ALL_COMPLETED, Future
 from .keyed import reduce_by_key
-from .mapping import Progress, map_iterator
+from .mapping import map_iterator
 from .pipeline import Pipeline, Stage
+from .progress import Progress
 from .reduce import MISSING, tree_reduce
 from .registry import load_backend
 from .runner import Runner

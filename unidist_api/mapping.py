@@ -16,7 +16,7 @@ import queue
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import resume
@@ -24,6 +24,7 @@ from .arguments import find_futures
 from .backends.base import Task
 from .errors import ExecutorShutdownError
 from .futures import Future
+from .progress import Progress, progress_bar, progress_options
 from .runner import Runner
 from .sizes import batch_within, estimate, packed_size
 from .task import TaskOptions, unwrap
@@ -33,10 +34,6 @@ __all__ = [
     "map_iterator",
     "Batcher",
     "check_positive",
-    "progress_bar",
-    "progress_options",
-    "Progress",
-    "TextProgress",
 ]
 
 
@@ -458,151 +455,3 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
-
-
-#: What ``progress=`` takes: ``False``, ``True`` or a dict of tqdm options.
-Progress = bool | Mapping[str, Any]
-
-#: Seconds between two lines of the plain-text progress written where no terminal is.
-TEXT_INTERVAL = 5.0
-
-
-def progress_options(progress: Any) -> dict[str, Any] | None:
-    """``None`` for ``progress=False``, else the tqdm options (``{}`` for ``True``).
-
-    Raises TypeError for anything but a bool or a mapping of tqdm's own keyword arguments.
-    """
-    if progress is False:
-        return None
-    if progress is True:
-        return {}
-    if not isinstance(progress, Mapping):
-        raise TypeError(
-            "progress must be True, False or a dict of tqdm options "
-            f"(e.g. {{'total': 100, 'desc': 'rows'}}), got {progress!r}"
-        )
-    import inspect
-
-    from tqdm import tqdm
-
-    known = set(inspect.signature(tqdm.__init__).parameters) - {"self", "iterable", "kwargs"}
-    for key in progress:
-        if not isinstance(key, str) or key not in known:
-            raise TypeError(
-                f"progress={dict(progress)!r}: {key!r} is not a tqdm option; "
-                f"tqdm takes: {', '.join(sorted(known))}"
-            )
-    total = progress.get("total")
-    if total is not None and (
-        isinstance(total, bool) or not isinstance(total, (int, float)) or total < 0
-    ):
-        raise TypeError(f"progress: total must be a number >= 0 or None, got {total!r}")
-    return dict(progress)
-
-
-def progress_bar(
-    iterables: tuple[Iterable[Any], ...],
-    desc: str | None = None,
-    position: int | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> Any:
-    """A progress bar sized by ``options["total"]``, else the inputs' lengths where they
-    have one; ``desc`` (a stage's label) follows ``options["desc"]``.
-
-    On a terminal (or in a notebook) a tqdm bar; elsewhere, as in a log file, a
-    :class:`TextProgress` line every few seconds, without escape codes.
-    """
-    settings = dict(options or {})
-    if "total" not in settings:
-        sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
-        settings["total"] = min(sizes) if len(sizes) == len(iterables) else None
-    if desc is not None:
-        settings["desc"] = f"{settings['desc']} {desc}" if settings.get("desc") else desc
-    settings.setdefault("unit", "item")
-    if _interactive(settings.get("file")):
-        from tqdm.auto import tqdm
-
-        if position is not None:
-            settings.setdefault("position", position)
-        return tqdm(**settings)
-    return TextProgress(**settings)
-
-
-def _interactive(file: Any) -> bool:
-    """Whether progress goes to a terminal or a notebook (where tqdm draws in place)."""
-    import sys
-
-    stream = sys.stderr if file is None else file
-    if type(stream).__module__.startswith("ipykernel"):
-        return True
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-class TextProgress:
-    """Progress as plain lines, one at most every ``mininterval`` seconds and one at the
-    end, formatted by tqdm's ``format_meter`` (ascii): for files, pipes and CI logs."""
-
-    def __init__(
-        self,
-        *,
-        total: float | None = None,
-        desc: str | None = None,
-        unit: str = "item",
-        file: Any = None,
-        mininterval: float | None = None,
-        disable: bool = False,
-        initial: float = 0,
-        unit_scale: bool | float = False,
-        unit_divisor: float = 1000,
-        bar_format: str | None = None,
-        postfix: Any = None,
-        **_ignored: Any,  # drawing options (ncols, colour, position, leave, ...)
-    ) -> None:
-        self.total, self.desc, self.unit = total, desc, unit
-        self.file = file
-        self.interval = TEXT_INTERVAL if mininterval is None else mininterval
-        self.disable = disable
-        self.n = initial
-        self.meter = {
-            "unit_scale": unit_scale,
-            "unit_divisor": unit_divisor,
-            "bar_format": bar_format,
-            "postfix": postfix,
-        }
-        self.start = self.last = time.monotonic()
-        self.closed = False
-
-    def update(self, n: float = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self._write(now)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._write(time.monotonic())
-
-    def _write(self, now: float) -> None:
-        if self.disable:
-            return
-        import sys
-
-        from tqdm import tqdm
-
-        line = tqdm.format_meter(
-            self.n,
-            self.total,
-            now - self.start,
-            prefix=self.desc or "",
-            ascii=True,
-            unit=self.unit,
-            **self.meter,
-        )
-        file = sys.stderr if self.file is None else self.file
-        file.write(line + "\n")
-        file.flush()

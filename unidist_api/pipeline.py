@@ -27,7 +27,8 @@ from . import resume
 from .arguments import find_futures
 from .backends.base import Task
 from .futures import Future
-from .mapping import Batcher, Progress, check_positive, progress_bar, progress_options
+from .mapping import Batcher, check_positive
+from .progress import Progress, progress_bar, progress_options
 from .runner import Runner
 from .sizes import batch_within, estimate, packed_size
 from .task import DEFAULT_OPTIONS, TaskOptions, make_options, unwrap
