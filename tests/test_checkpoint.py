@@ -385,3 +385,33 @@ def test_the_journal_commits_within_a_fraction_of_a_second(tmp_path: Path) -> No
             next(running)
         assert recorded(journal) > 0
         running.close()
+
+
+UNCONSUMED = textwrap.dedent("""
+    import sys, time
+    import unidist_api as ua
+
+    def slow(x):
+        time.sleep(0.002)
+        return x * 2
+
+    if __name__ == "__main__":
+        it = ua.map(slow, range(300), checkpoint=sys.argv[1])  # run out at exit, unconsumed
+""")
+
+
+def test_a_map_run_out_at_exit_records_everything(ua_backend: ua.Executor, tmp_path: Path) -> None:
+    """The stdlib runs an unconsumed map's input before exit; its journal keeps it all."""
+    script, journal = tmp_path / "unconsumed.py", tmp_path / "journal"
+    script.write_text(UNCONSUMED)
+    env = dict(os.environ, UNIDIST_API_BACKEND=ua_backend.backend)
+    done = subprocess.run(
+        [sys.executable, str(script), str(journal)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    assert recorded(journal) == 300

@@ -330,6 +330,9 @@ class Journal:
             self.closed = True
             if self._timer is not None:
                 self._timer.cancel()
+        if not threading.main_thread().is_alive():  # at exit (a map run out by atexit):
+            self._finish()  # a thread started now might not be waited for
+            return
         # not a daemon: the interpreter waits for it at exit, so the last commit is made
         thread = threading.Thread(target=self._finish, name="unidist-api journal close")
         with _closing_lock:
