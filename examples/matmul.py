@@ -33,10 +33,9 @@ GRID = 3  # GRID x GRID blocks of (N // GRID)^2 float64 each: 1.28 MB a block
 def blocks(matrix: np.ndarray, grid: int) -> list[list[np.ndarray]]:
     """Cut a square matrix into grid x grid blocks, each a contiguous array of its own.
 
-    ``np.split`` gives views; a view across columns is not contiguous, and a
-    non-contiguous array is pickled as a copy inside the pickle (not out of band), so it
-    would travel as an ordinary, writable copy. ``np.ascontiguousarray`` makes each block
-    one buffer that the engines can share.
+    ``np.split`` gives views, and a view across columns is not contiguous. Each block is
+    stored once with ``ua.put`` (which would make such a view contiguous itself); doing
+    it here, once, keeps the caller's blocks in the layout the tasks will see.
     """
     rows = np.split(matrix, grid, axis=0)
     return [[np.ascontiguousarray(block) for block in np.split(row, grid, axis=1)] for row in rows]

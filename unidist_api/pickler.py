@@ -16,16 +16,20 @@ from __future__ import annotations
 import copyreg
 import io
 import linecache
+import sys
 import threading
 import types
 from collections.abc import Callable
 from typing import Any
+
+from .data import LARGE
 
 __all__ = ["dumps"]
 
 _pickler: Any = None  # the Pickler class, made at the first dumps (cloudpickle is deferred)
 _copyreg_size = [-1]  # len(copyreg.dispatch_table) when the Pickler's table was made
 _cloudpickle_code_reduce: list[Any] = []  # cloudpickle's reducer for code objects
+_arrays: list[Any] = [None]  # numpy.ndarray once NumPy is imported (it has a reducer here)
 _local = threading.local()  # .sent: the source lines the pickle being made carries already
 
 
@@ -33,6 +37,8 @@ def dumps(obj: Any, buffer_callback: Callable[[Any], Any] | None = None) -> byte
     """``cloudpickle.dumps(obj, protocol=5, buffer_callback=...)``, code kept where it lives."""
     pickler = _pickler
     if pickler is None or len(copyreg.dispatch_table) != _copyreg_size[0]:
+        pickler = _make_pickler()
+    if _arrays[0] is None and "numpy" in sys.modules:  # NumPy imported since: its arrays too
         pickler = _make_pickler()
     outer = getattr(_local, "sent", None)  # a reducer may pickle something itself
     _local.sent = None
@@ -57,6 +63,10 @@ def _make_pickler() -> Any:
     _cloudpickle_code_reduce[:] = [table[types.CodeType]]
     table[types.CodeType] = _reduce_code
     _copyreg_size[0] = len(copyreg.dispatch_table)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        _arrays[0] = numpy.ndarray
+        table[numpy.ndarray] = _reduce_array
     if _pickler is None:
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -65,6 +75,16 @@ def _make_pickler() -> Any:
         _pickler = Pickler
     _pickler.dispatch_table = table
     return _pickler
+
+
+def _reduce_array(array: Any) -> Any:
+    """A NumPy array as NumPy pickles it, except that a large one that is not contiguous
+    (a column block, a strided view) is made contiguous first: NumPy pickles such an array
+    in band, so it would arrive as a writable copy, where the contract says that every
+    large buffer arrives read-only (and a contiguous one travels out of band, uncopied)."""
+    if array.nbytes >= LARGE and not (array.flags.c_contiguous or array.flags.f_contiguous):
+        array = array.copy(order="C")
+    return array.__reduce_ex__(5)
 
 
 def _reduce_code(code: types.CodeType) -> Any:
