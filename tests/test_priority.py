@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import unidist_api as ua
-from unidist_api.errors import InvalidOptionError
+from unidist_api.errors import InvalidOptionError, TaskTimeoutError, WorkerLostError
 
 # (label, priority), in submission order; priority-0 ones first and interleaved
 QUEUED = [("a", 0), ("b", 0), ("c", 5), ("d", 1), ("e", 0), ("f", 5), ("g", -2), ("h", 1)]
@@ -195,3 +195,33 @@ def test_stage_takes_priority():
     assert ua.stage(record, priority=4).options.priority == 4
     with pytest.raises(InvalidOptionError, match="priority"):
         ua.stage(record, priority=False)
+
+
+def fails_at_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("item 3 fails")
+    time.sleep(0.01)
+    return x
+
+
+def crash(x: int) -> int:
+    os._exit(1)
+
+
+@pytest.mark.parametrize("backend", ["local", "dask", "ray"])
+def test_fail_fast_timeouts_and_worker_loss_hold_with_the_gate_engaged(backend: str) -> None:
+    """A fresh executor whose first task has a priority: the gate holds every task beyond
+    the slots, and a failure, a timeout or a lost worker still ends its task as without it
+    (each frees its slot: the executor then runs tasks as before)."""
+    with ua.Executor(backend, workers=2) as ex:
+        out = []
+        with pytest.raises(ValueError, match="item 3 fails"):
+            for value in ex.map(ua.task(fails_at_three, priority=1), range(40), chunksize=1):
+                out.append(value)
+        assert out == [0, 1, 2]
+        with pytest.raises(TaskTimeoutError):
+            ex.submit(ua.task(time.sleep, priority=2, timeout=0.5), 5).result(timeout=60)
+        with pytest.raises(WorkerLostError):
+            ex.submit(ua.task(crash, priority=3), 1).result(timeout=120)
+        assert ex.submit(ua.task(abs, priority=1), -4).result(timeout=60) == 4
+        assert list(ex.map(abs, range(-3, 0))) == [3, 2, 1]
