@@ -24,7 +24,6 @@ __all__ = [
     "BrokenExecutorError",
     "TaskTimeoutError",
     "ClusterConnectionError",
-    "NoWorkersError",
     "TaskError",
     "CheckpointError",
     "JournalInUseError",
@@ -82,19 +81,7 @@ class TaskTimeoutError(UnidistError, TimeoutError):
 
 
 class ClusterConnectionError(UnidistError, ConnectionError):
-    """A cluster that could not be reached within the connect timeout, or was lost.
-
-    Raised for an address nothing answers at, and for a scheduler (Dask) or GCS (Ray)
-    that the caller lost while tasks were pending; the message names the address.
-    """
-
-
-class NoWorkersError(ClusterConnectionError):
-    """A cluster had no worker able to run the pending tasks for ``no_workers_timeout``.
-
-    The message names the address and how long it waited. The cluster itself may still
-    be up (a head with no workers, or workers cut off from it by the network).
-    """
+    """A cluster address that could not be reached within the connect timeout."""
 
 
 class TaskError(UnidistError, RuntimeError):
