@@ -273,3 +273,65 @@ def test_unreachable_address_fails_fast_with_a_clear_message():
         done = _run_cli("info", "--backend", backend, "--address", address)
         assert done.returncode != 0
         assert address in done.stderr
+
+
+LOSE_SCHEDULER = """
+import sys, time
+import unidist_api as ua
+ex = ua.Executor("dask", address=sys.argv[1], connect_timeout=5)
+future = ex.submit(time.sleep, 120)
+print("submitted", flush=True)
+try:
+    future.result(timeout=100)
+except Exception as exc:
+    print(f"{type(exc).__module__}.{type(exc).__name__}: {exc}", flush=True)
+ex.shutdown(wait=False, cancel_futures=True)
+"""
+
+
+def test_losing_the_dask_scheduler_is_a_cluster_connection_error(tmp_path):
+    """The scheduler gone under a pending task: ClusterConnectionError naming it, not
+    WorkerLostError (Dask cancels the futures with ``scheduler-connection-lost``)."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--no-dashboard"],
+        tmp_path / "scheduler.log",
+    )
+    processes = [scheduler]
+    try:
+        processes.append(
+            _start(
+                [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1"]
+                + ["--nthreads", "1", "--no-dashboard"],
+                tmp_path / "worker.log",
+            )
+        )
+        _wait_for(DASK_PROBE.format(address=address).replace("(2,", "(1,"), START_TIMEOUT)
+        script = tmp_path / "driver.py"
+        script.write_text(LOSE_SCHEDULER)
+        driver = subprocess.Popen(
+            [sys.executable, str(script), address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            assert driver.stdout is not None
+            assert driver.stdout.readline().strip() == "submitted"
+            time.sleep(1)  # the task is on the worker
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            out, err = driver.communicate(timeout=120)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+        assert driver.returncode == 0, err[-3000:]
+        assert "unidist_api.errors.ClusterConnectionError" in out, out + err[-3000:]
+        assert f"Dask scheduler at {address}" in out, out
+        assert "WorkerLost" not in out
+    finally:
+        _stop(processes)

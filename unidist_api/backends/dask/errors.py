@@ -5,6 +5,8 @@
   ``distributed.scheduler.allowed-failures`` allows (Dask's ``KilledWorker``) is
   ``WorkerLostError`` (the embedded cluster allows ``LOST_WORKER_RETRIES``, as every
   backend; a cluster we connect to keeps its own setting).
+- The caller losing the scheduler (Dask cancels every future with the reason
+  ``scheduler-connection-lost``) is ``ClusterConnectionError`` naming the scheduler.
 - A value lost with its worker (a ``put`` object: Dask recomputes task results, not
   scattered data) is ``WorkerLostError``; an input cancelled is ``CancelledError``.
 - A value asked for after ``shutdown`` is ``ExecutorShutdownError``; losing the
@@ -75,7 +77,14 @@ def engine_error(
         )
     elif isinstance(exc, cf.CancelledError):
         reason = str(getattr(exc, "reason", ""))
-        if "lost" in reason or "forgotten" in reason:
+        if reason == "scheduler-connection-lost":  # no worker died: the caller lost the scheduler
+            address = getattr(handle.client.scheduler, "address", None) or "its address"
+            error = ClusterConnectionError(
+                f"lost the connection to the Dask scheduler at {address} while this task was "
+                "pending (the scheduler stopped, or the network between this process and it "
+                "failed); check that the scheduler runs and is reachable, then run the work again"
+            )
+        elif "lost" in reason or "forgotten" in reason:
             error = WorkerLostError(
                 "this value, or one this task needs, was lost with the worker holding it "
                 "(Dask recomputes task results, but not put objects: put it again)"
